@@ -1,0 +1,104 @@
+"""accept(): the one durable write every producer (SMTP, IMAP, panel, `ingest`) goes through.
+
+A producer acknowledges its input (SMTP 250, IMAP flag/move/delete, HTTP 201) only after `accept`
+returns, and `accept` returns only after the raw bytes are committed to the journal table.
+
+Group commit: callers queue their entries; one writer commits everything queued in a single
+transaction (one fsync) and, the moment that commit is done, starts on whatever queued up
+meanwhile. There is no fixed wait, so a lone sender pays one commit and many concurrent senders
+share one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, insert
+
+from store.models import JournalEntry, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class JournalUnavailable(Exception):
+    """The journal could not be written: nothing was acknowledged, the producer must say so."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    journal_id: int
+    raw_sha256: str
+
+
+@dataclass
+class _Queued:
+    raw: bytes
+    source: str
+    meta: dict[str, Any]
+    done: asyncio.Future[Receipt] = field(repr=False)
+
+
+class Intake:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        instance_name: str,
+        on_journaled: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._instance_name = instance_name
+        self._on_journaled = on_journaled
+        self._queue: list[_Queued] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def accept(self, raw: bytes, *, source: str, meta: dict[str, Any] | None = None) -> Receipt:
+        """Journal `raw` durably; raises JournalUnavailable if that cannot be done."""
+        done: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(raw=raw, source=source, meta=dict(meta or {}), done=done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="journal-writer")
+        return await asyncio.shield(done)
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                receipts = await asyncio.to_thread(self._write, batch)
+            except Exception as error:  # the database is unreachable, the disk is full, ...
+                log.error("journal write of %d message(s) failed: %s", len(batch), error)
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(JournalUnavailable(str(error)))
+                continue
+            for item, receipt in zip(batch, receipts):
+                if not item.done.done():
+                    item.done.set_result(receipt)
+            if self._on_journaled is not None:
+                self._on_journaled([receipt.journal_id for receipt in receipts])
+
+    def _write(self, batch: list[_Queued]) -> list[Receipt]:
+        now = utcnow()
+        rows = [
+            {
+                "source": item.source,
+                "raw": item.raw,
+                "raw_sha256": hashlib.sha256(item.raw).hexdigest(),
+                "size": len(item.raw),
+                "received_at": now,
+                "meta": item.meta,
+                "status": "pending",
+                "attempts": 0,
+                "received_by": self._instance_name,
+            }
+            for item in batch
+        ]
+        statement = insert(JournalEntry).returning(JournalEntry.id, sort_by_parameter_order=True)
+        with self._engine.begin() as connection:
+            ids = connection.execute(statement, rows).scalars().all()
+        return [Receipt(journal_id=id_, raw_sha256=row["raw_sha256"]) for id_, row in zip(ids, rows)]

@@ -1,0 +1,148 @@
+"""One Settings object: defaults, overridden by config/gateway.toml, overridden by GATEWAY_* variables.
+
+Nothing reads the environment or the toml except `load_settings`; every component is handed the
+object it returns (no module globals), so tests build as many independent gateways as they like.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+MIB = 1024 * 1024
+DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
+
+
+class MailboxSettings(BaseModel):
+    """One IMAP mailbox to poll (SPEC §9)."""
+
+    name: str
+    host: str
+    port: int = 993
+    security: Literal["tls", "starttls", "none"] = "tls"
+    user: str
+    password: str = ""
+    # Alternatives to an inline password, so the toml can be committed without secrets.
+    password_file: Path | None = None
+    password_env: str | None = None
+    folder: str = "INBOX"
+    # "flag" (set \Seen), "delete" (expunge) or "move:FOLDER".
+    after_fetch: str = "flag"
+    poll_seconds: float = 60.0
+
+    @field_validator("after_fetch")
+    @classmethod
+    def _known_action(cls, value: str) -> str:
+        if value in ("flag", "delete") or (value.startswith("move:") and len(value) > 5):
+            return value
+        raise ValueError("after_fetch must be 'flag', 'delete' or 'move:FOLDER'")
+
+    def resolved_password(self) -> str:
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        if self.password_env:
+            return os.environ.get(self.password_env, "")
+        return self.password
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    # --- storage -------------------------------------------------------------------------------
+    database_url: str = "sqlite:///var/gateway.db"
+    data_dir: Path = Path("var/data")
+    # Apply Alembic migrations when `serve` starts (a no-op when the schema is current).
+    auto_migrate: bool = True
+
+    # --- SMTP listener -------------------------------------------------------------------------
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    smtp_hostname: str = "support.example.test"
+    smtp_max_message_bytes: int = 64 * MIB
+
+    # --- HTTP (health, panel API) ----------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = 8025
+
+    # --- addresses -------------------------------------------------------------------------------
+    support_address: str = "bok@example.test"
+    support_name: str = "Biuro Obsługi Klienta"
+    staff_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    staff_queue_address: str = "staff@example.test"
+
+    # --- secrets (empty: generated once and kept in the database, shared by every instance) ------
+    panel_secret: str = ""
+    signing_secret: str = ""
+
+    # --- outgoing mail ---------------------------------------------------------------------------
+    relay_url: str = "maildir:var/sent"
+    default_language: Literal["pl", "en"] = "pl"
+    template_dir: Path | None = None
+    outbox_poll_seconds: float = 2.0
+    outbox_backoff_seconds: float = 30.0
+    outbox_backoff_max_seconds: float = 3600.0
+    outbox_give_up_hours: float = 48.0
+    relay_timeout_seconds: float = 60.0
+    auto_replies_per_sender_per_hour: int = 5
+
+    # --- cases -----------------------------------------------------------------------------------
+    max_attachment_bytes: int = 15 * MIB
+    reopen_window_days: int = 30
+    auto_close_days: int = 7
+
+    # --- background work -------------------------------------------------------------------------
+    journal_replay_seconds: float = 30.0
+    imap_mailboxes: list[MailboxSettings] = Field(default_factory=list)
+    instance_name: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+
+    @field_validator("staff_addresses", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [str(part).strip().lower() for part in value if str(part).strip()]
+        return value
+
+    @property
+    def support_domain(self) -> str:
+        return self.support_address.rpartition("@")[2].lower()
+
+    @property
+    def support_local_part(self) -> str:
+        return self.support_address.rpartition("@")[0].lower()
+
+    def is_staff(self, address: str) -> bool:
+        address = address.strip().lower()
+        domain = "@" + address.rpartition("@")[2]
+        return address in self.staff_addresses or domain in self.staff_addresses
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_path = Path(os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG_PATH))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_path))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from defaults < toml (GATEWAY_CONFIG) < GATEWAY_* env < explicit overrides."""
+    return Settings(**overrides)

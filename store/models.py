@@ -1,0 +1,220 @@
+"""Every table of the gateway, in one place (SQLModel; SQLite and PostgreSQL alike).
+
+Schema changes go through Alembic (store/migrations); this module is what the migrations describe.
+Timestamps are naive UTC throughout (SQLite keeps no zone), produced by `utcnow()`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+# --- directory (filled by the panel: PUT /api/accounts/{account}) ---------------------------------
+
+
+class Account(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=100)
+    name: str = ""
+    language: Optional[str] = Field(default=None, max_length=8)
+
+
+class Service(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=100)
+    account_id: str = Field(foreign_key="account.id", index=True, max_length=100)
+    name: str = ""
+
+
+class Contact(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    account_id: str = Field(foreign_key="account.id", index=True, max_length=100)
+    kind: str = Field(max_length=20)  # representative | technical | billing
+    name: str = ""
+    email: str = Field(index=True, max_length=320)  # stored lower-case
+
+
+# --- the durable journal of raw input --------------------------------------------------------------
+
+
+class JournalEntry(SQLModel, table=True):
+    """Raw bytes exactly as received; written and committed before anything is acknowledged."""
+
+    __tablename__ = "journal_entry"
+    __table_args__ = (Index("ix_journal_entry_status_id", "status", "id"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    source: str = Field(max_length=10)  # smtp | imap | panel | file
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    raw_sha256: str = Field(index=True, max_length=64)
+    size: int
+    received_at: datetime = Field(default_factory=utcnow)
+    # Envelope, trace and producer facts kept apart from the raw bytes so they stay byte-exact:
+    # mail_from, rcpt_tos, peer, received (our trace line), panel identity, imap mailbox/uid.
+    meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # pending -> done | duplicate | quarantined (quarantined -> pending again on retry)
+    status: str = Field(default="pending", max_length=12)
+    reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    attempts: int = 0
+    processed_at: Optional[datetime] = None
+    received_by: str = Field(default="", max_length=200)  # instance that acknowledged it
+
+
+# --- cases and their messages ---------------------------------------------------------------------
+
+
+class CaseNumberCounter(SQLModel, table=True):
+    """Last case number handed out per year; bumped with an UPDATE so instances never collide."""
+
+    __tablename__ = "case_number_counter"
+    year: int = Field(primary_key=True)
+    last: int = 0
+
+
+class Case(SQLModel, table=True):
+    __tablename__ = "support_case"  # "case" is an SQL keyword
+    __table_args__ = (Index("ix_case_account_updated", "account_id", "updated_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    number: str = Field(unique=True, max_length=20)
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False))
+    status: str = Field(default="open", max_length=10)  # open | answered | closed
+    requester: str = Field(index=True, max_length=320)  # lower-case address
+    requester_name: str = ""
+    language: str = Field(default="pl", max_length=8)
+    category: Optional[str] = Field(default=None, max_length=100)
+    account_id: Optional[str] = Field(default=None, foreign_key="account.id", max_length=100)
+    service_id: Optional[str] = Field(default=None, max_length=100)
+    # A follow-up after the reopen window opens a new case that refers to the old one.
+    follows_case_id: Optional[int] = Field(default=None, foreign_key="support_case.id")
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow, index=True)
+    closed_at: Optional[datetime] = None
+    message_count: int = 0
+
+
+class Participant(SQLModel, table=True):
+    """Addresses allowed to write into a case (requester, anyone on From/To/Cc of its messages)."""
+
+    __table_args__ = (UniqueConstraint("case_id", "email"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="support_case.id", index=True)
+    email: str = Field(index=True, max_length=320)
+
+
+class Message(SQLModel, table=True):
+    __table_args__ = (Index("ix_message_msgid_sender", "message_id", "sender"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="support_case.id", index=True)
+    journal_id: Optional[int] = Field(default=None, foreign_key="journal_entry.id")
+    direction: str = Field(max_length=10)  # inbound | outbound | note
+    source: str = Field(max_length=10)  # smtp | imap | panel | staff | system | file
+    message_id: str = Field(index=True, max_length=998)  # without angle brackets
+    sender: str = Field(default="", max_length=320)  # lower-case address of From
+    from_header: str = Field(default="", sa_column=Column(Text, nullable=False))
+    to_header: str = Field(default="", sa_column=Column(Text, nullable=False))
+    cc_header: str = Field(default="", sa_column=Column(Text, nullable=False))
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False))
+    date: Optional[datetime] = None
+    text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    html: Optional[str] = Field(default=None, sa_column=Column(Text))
+    auto_generated: bool = False
+    raw_sha256: str = Field(default="", index=True, max_length=64)
+    defects: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # outbound only: the outbox row that carries it (queued | sent | failed lives there)
+    outbox_id: Optional[int] = Field(default=None, foreign_key="outbox_item.id")
+    delivery_status: Optional[str] = Field(default=None, max_length=12)
+    read_at: Optional[datetime] = None  # read by the customer in the panel
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Attachment(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    filename: str = Field(default="", sa_column=Column(Text, nullable=False))
+    content_type: str = Field(default="application/octet-stream", max_length=255)
+    size: int = 0
+    sha256: Optional[str] = Field(default=None, max_length=64)  # None when refused
+    refused: bool = False
+    reason: Optional[str] = None
+    content_id: Optional[str] = Field(default=None, max_length=998)
+    inline: bool = False
+
+
+class Blob(SQLModel, table=True):
+    """Attachment contents by SHA-256, for deployments that keep them in the database."""
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    size: int
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class SecurityEvent(SQLModel, table=True):
+    """A refused attempt to write into someone else's case, and similar facts for audits."""
+
+    __tablename__ = "security_event"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=40)
+    sender: str = Field(default="", max_length=320)
+    target_case_id: Optional[int] = Field(default=None, foreign_key="support_case.id")
+    new_case_id: Optional[int] = Field(default=None, foreign_key="support_case.id")
+    journal_id: Optional[int] = Field(default=None, foreign_key="journal_entry.id")
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# --- the one outbox -------------------------------------------------------------------------------
+
+
+class OutboxItem(SQLModel, table=True):
+    __tablename__ = "outbox_item"
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+        Index("ix_outbox_recipient_created", "recipient", "created_at"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    case_id: Optional[int] = Field(default=None, foreign_key="support_case.id", index=True)
+    kind: str = Field(max_length=40)  # the template: ack, refused, staff_reply, notification, ...
+    automatic: bool = True
+    mail_from: str = Field(max_length=320)  # envelope sender
+    recipient: str = Field(max_length=320)  # envelope recipient, lower-case
+    message_id: str = Field(unique=True, max_length=998)  # fixed before the first attempt
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    status: str = Field(default="queued", max_length=10)  # queued | sending | sent | failed
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    claimed_by: Optional[str] = Field(default=None, max_length=200)
+    claimed_until: Optional[datetime] = None
+    last_error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: Optional[datetime] = None
+
+
+# --- small shared state ---------------------------------------------------------------------------
+
+
+class KeyValue(SQLModel, table=True):
+    """Generated secrets and other single values every instance must agree on."""
+
+    __tablename__ = "key_value"
+    key: str = Field(primary_key=True, max_length=100)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class ImapState(SQLModel, table=True):
+    """Where each mailbox's poller stands: UIDVALIDITY and the highest UID already journaled."""
+
+    __tablename__ = "imap_state"
+    mailbox: str = Field(primary_key=True, max_length=200)
+    uidvalidity: int = 0
+    last_uid: int = 0
+    updated_at: datetime = Field(default_factory=utcnow)
