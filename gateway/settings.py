@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # --- storage -------------------------------------------------------------------------------
     database_url: str = "sqlite:///var/gateway.db"
     data_dir: Path = Path("var/data")
+    # Where attachment contents live: "disk" (data_dir/blobs) or "database" (shared by instances).
+    blob_store: Literal["disk", "database"] = "disk"
     # Apply Alembic migrations when `serve` starts (a no-op when the schema is current).
     auto_migrate: bool = True
 

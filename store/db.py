@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+READ_ONLY_OPTION = "gateway_read_only"
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -46,7 +47,11 @@ def make_engine(database_url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers (see `reading`) keep WAL's concurrent reads; writers take the lock up front.
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -55,6 +60,14 @@ def make_engine(database_url: str) -> Engine:
 def transaction(engine: Engine) -> Iterator[Session]:
     """A session whose work is committed on success and rolled back on any exception."""
     with Session(engine, expire_on_commit=False) as session:
+        with session.begin():
+            yield session
+
+
+@contextlib.contextmanager
+def reading(engine: Engine) -> Iterator[Session]:
+    """A session for queries only; on SQLite it does not take the write lock."""
+    with Session(engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False) as session:
         with session.begin():
             yield session
 

@@ -1,7 +1,7 @@
 """Every table of the gateway, in one place (SQLModel; SQLite and PostgreSQL alike).
 
 Schema changes go through Alembic (store/migrations); this module is what the migrations describe.
-Timestamps are naive UTC throughout (SQLite keeps no zone), produced by `utcnow()`.
+Timestamps are aware UTC datetimes (SQLModel's UTCDateTime), produced by `utcnow()`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(timezone.utc)
 
 
 # --- directory (filled by the panel: PUT /api/accounts/{account}) ---------------------------------
@@ -47,7 +47,10 @@ class JournalEntry(SQLModel, table=True):
     """Raw bytes exactly as received; written and committed before anything is acknowledged."""
 
     __tablename__ = "journal_entry"
-    __table_args__ = (Index("ix_journal_entry_status_id", "status", "id"),)
+    __table_args__ = (
+        Index("ix_journal_entry_status_id", "status", "id"),
+        Index("ix_journal_entry_msgid_sender", "message_id", "sender"),
+    )
 
     id: Optional[int] = Field(default=None, primary_key=True)
     source: str = Field(max_length=10)  # smtp | imap | panel | file
@@ -64,6 +67,10 @@ class JournalEntry(SQLModel, table=True):
     attempts: int = 0
     processed_at: Optional[datetime] = None
     received_by: str = Field(default="", max_length=200)  # instance that acknowledged it
+    # Filled when processed: what duplicates are recognised by (with raw_sha256).
+    message_id: Optional[str] = Field(default=None, max_length=998)
+    sender: Optional[str] = Field(default=None, max_length=320)
+    case_id: Optional[int] = Field(default=None, foreign_key="support_case.id")
 
 
 # --- cases and their messages ---------------------------------------------------------------------

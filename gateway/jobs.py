@@ -1,0 +1,84 @@
+"""The scheduler's job table (APScheduler) and the periodic work itself: replay, wake-ups, auto-close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from gateway.replies import Outgoing, Replies
+from gateway.settings import Settings
+from store import journal
+from store.db import reading, transaction
+from store.models import Case, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def pending_journal_ids(engine: Engine, *, older_than_seconds: float) -> list[int]:
+    with reading(engine) as session:
+        before = utcnow() - timedelta(seconds=older_than_seconds)
+        return list(journal.pending_ids(session=session, received_before=before))
+
+
+def auto_close(engine: Engine, *, settings: Settings, replies: Replies) -> int:
+    """Close cases answered and idle for `auto_close_days`, telling the customer; returns how many."""
+    idle_before = utcnow() - timedelta(days=settings.auto_close_days)
+    closed = 0
+    with transaction(engine) as session:
+        statement = (
+            select(Case)
+            .where(Case.status == "answered", col(Case.updated_at) < idle_before)
+            .order_by(col(Case.id))
+            .limit(200)
+        )
+        for case in session.exec(statement).all():
+            case.status, case.closed_at, case.updated_at = "closed", utcnow(), utcnow()
+            session.add(case)
+            replies.queue(
+                session=session,
+                case=case,
+                mail=Outgoing(
+                    kind="closed",
+                    recipient=case.requester,
+                    automatic=True,
+                    context={"by_staff": False, "idle_days": settings.auto_close_days},
+                ),
+            )
+            closed += 1
+    return closed
+
+
+def build_scheduler(
+    *,
+    engine: Engine,
+    settings: Settings,
+    replies: Replies,
+    submit: Callable[[list[int]], None],
+    wake_outbox: Callable[[], None],
+) -> AsyncIOScheduler:
+    scheduler = AsyncIOScheduler(timezone="UTC")
+
+    async def replay() -> None:
+        ids = await asyncio.to_thread(pending_journal_ids, engine, older_than_seconds=10)
+        if ids:
+            log.info("replaying %d pending journal entries", len(ids))
+            submit(ids)
+
+    async def close_idle() -> None:
+        count = await asyncio.to_thread(auto_close, engine, settings=settings, replies=replies)
+        if count:
+            log.info("auto-closed %d cases", count)
+            wake_outbox()
+
+    scheduler.add_job(replay, "interval", seconds=settings.journal_replay_seconds, id="journal-replay",
+                      coalesce=True, max_instances=1)
+    scheduler.add_job(wake_outbox, "interval", seconds=max(5.0, settings.outbox_poll_seconds * 5),
+                      id="outbox-wake", coalesce=True, max_instances=1)
+    scheduler.add_job(close_idle, "interval", minutes=15, id="auto-close", coalesce=True, max_instances=1)
+    return scheduler

@@ -1,0 +1,156 @@
+"""The sending worker: claim due outbox rows, hand them to the relay, record what happened.
+
+Temporary failures retry with exponential backoff and jitter until the give-up age; permanent
+failures (5xx, or giving up) mark the row failed and tell the staff queue. Rows are claimed with a
+lease, so a row whose instance died mid-send is sent again after the lease by whoever is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import timedelta
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from gateway.relay import PermanentFailure, Relay, TemporaryFailure
+from gateway.replies import Outgoing, Replies
+from gateway.settings import Settings
+from store import cases, outbox
+from store.db import reading, transaction
+from store.models import OutboxItem, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class OutboxWorker:
+    def __init__(self, *, engine: Engine, settings: Settings, relay: Relay, replies: Replies) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._relay = relay
+        self._replies = replies
+        self._wake = asyncio.Event()
+        self._lease = timedelta(seconds=settings.relay_timeout_seconds * 3)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                while await self.run_once():
+                    pass
+            except OperationalError as error:
+                log.warning("outbox: database unavailable: %s", error)
+            except Exception:
+                log.exception("outbox: unexpected error")
+            self._wake.clear()
+            try:
+                timeout = await self._seconds_until_due()
+            except OperationalError:
+                timeout = self._settings.outbox_poll_seconds
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _seconds_until_due(self) -> float:
+        poll = self._settings.outbox_poll_seconds
+        due = await asyncio.to_thread(self._next_due)
+        if due is None:
+            return poll
+        return max(0.05, min(poll, (due - utcnow()).total_seconds()))
+
+    def _next_due(self):  # type: ignore[no-untyped-def]
+        with reading(self._engine) as session:
+            return outbox.next_due_at(session=session)
+
+    async def run_once(self) -> int:
+        """Send what is due now; returns how many rows were attempted."""
+        items = await asyncio.to_thread(self._claim)
+        await asyncio.gather(*(self._attempt(item) for item in items))
+        return len(items)
+
+    def _claim(self) -> list[OutboxItem]:
+        with transaction(self._engine) as session:
+            return list(
+                outbox.claim_due(session=session, instance=self._settings.instance_name, lease=self._lease)
+            )
+
+    async def _attempt(self, item: OutboxItem) -> None:
+        try:
+            await self._relay.send(
+                raw=item.raw, mail_from=item.mail_from, recipient=item.recipient, key=f"outbox-{item.id}"
+            )
+        except TemporaryFailure as error:
+            await asyncio.to_thread(self._record_temporary, item.id or 0, str(error))
+        except PermanentFailure as error:
+            await asyncio.to_thread(self._record_failed, item.id or 0, str(error))
+        except Exception as error:  # a relay bug must not lose the row: retry it later
+            log.exception("outbox: relay error for row %s", item.id)
+            await asyncio.to_thread(self._record_temporary, item.id or 0, f"{type(error).__name__}: {error}")
+        else:
+            await asyncio.to_thread(self._record_sent, item.id or 0)
+
+    def _record_sent(self, item_id: int) -> None:
+        with transaction(self._engine) as session:
+            item = outbox.get_item(session=session, item_id=item_id)
+            if item is None:
+                return
+            item.status, item.sent_at, item.attempts = "sent", utcnow(), item.attempts + 1
+            item.claimed_by = item.claimed_until = None
+            session.add(item)
+            cases.mark_outbound_delivery(session=session, outbox_id=item_id, status="sent")
+
+    def _record_temporary(self, item_id: int, error: str) -> None:
+        with transaction(self._engine) as session:
+            item = outbox.get_item(session=session, item_id=item_id)
+            if item is None:
+                return
+            item.attempts += 1
+            item.last_error = error[:2000]
+            give_up_at = item.created_at + timedelta(hours=self._settings.outbox_give_up_hours)
+            if utcnow() >= give_up_at:
+                self._fail(session, item, f"gave up after {item.attempts} attempts: {error}")
+                return
+            item.status = "queued"
+            item.next_attempt_at = utcnow() + timedelta(seconds=self.backoff_seconds(item.attempts))
+            item.claimed_by = item.claimed_until = None
+            session.add(item)
+            log.info("outbox: row %s deferred (attempt %d): %s", item_id, item.attempts, error)
+
+    def backoff_seconds(self, attempts: int) -> float:
+        base = self._settings.outbox_backoff_seconds * 2 ** max(0, attempts - 1)
+        return min(base, self._settings.outbox_backoff_max_seconds) * random.uniform(0.8, 1.2)
+
+    def _record_failed(self, item_id: int, error: str) -> None:
+        with transaction(self._engine) as session:
+            item = outbox.get_item(session=session, item_id=item_id)
+            if item is not None:
+                item.attempts += 1
+                self._fail(session, item, error)
+
+    def _fail(self, session, item: OutboxItem, error: str) -> None:  # type: ignore[no-untyped-def]
+        item.status, item.last_error = "failed", error[:2000]
+        item.claimed_by = item.claimed_until = None
+        session.add(item)
+        cases.mark_outbound_delivery(session=session, outbox_id=item.id or 0, status="failed")
+        log.warning("outbox: row %s to %s failed: %s", item.id, item.recipient, error)
+        staff_queue = self._settings.staff_queue_address.lower()
+        case = cases.get_case(session=session, case_id=item.case_id) if item.case_id else None
+        if case is None or item.recipient == staff_queue:
+            return  # a notice about a failed notice to staff would only fail the same way
+        self._replies.queue(
+            session=session,
+            case=case,
+            mail=Outgoing(
+                kind="delivery_failed",
+                recipient=staff_queue,
+                automatic=True,
+                to_staff=True,
+                context={"recipient": item.recipient, "error": error, "original_subject": case.subject},
+                in_reply_to=item.message_id,
+            ),
+        )

@@ -1,0 +1,414 @@
+"""process(): one journal entry -> parse, classify, thread, store, replies; it owns the transaction.
+
+Everything a message causes (its case, message and attachment rows, case changes, outbox rows, the
+journal entry marked done) is committed together or not at all. An error rolls it all back and the
+entry is quarantined with its reason, bytes intact, ready for `gateway quarantine retry`. A
+database that cannot be reached is not the message's fault: the entry stays pending for replay.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import timedelta, timezone
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
+
+from gateway.classify import MailFacts, Verdict, classify
+from gateway.parse import ParsedAttachment, ParsedMessage, parse_message
+from gateway.replies import Outgoing, OutgoingAttachment, Replies
+from gateway.settings import Settings
+from gateway.staff import read_staff_reply
+from gateway.threads import ThreadDecision, decide
+from gateway.tokens import ReplyAddresses
+from store import cases, directory, journal, outbox
+from store.blobs import BlobStore
+from store.db import reading, transaction
+from store.models import Attachment, Case, JournalEntry, Message, SecurityEvent, utcnow
+
+log = logging.getLogger(__name__)
+
+_REPLY_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|odp|pd|sv|vs|tr|rv)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+_TAG = re.compile(r"\s*\[#\s*\d{4}-\d{6,}\s*\]\s*")
+
+
+def clean_subject(subject: str) -> str:
+    """The subject without reply/forward prefixes and case tags, for a new case's title."""
+    previous = None
+    while previous != subject:
+        previous = subject
+        subject = _TAG.sub(" ", _REPLY_PREFIX.sub("", subject)).strip()
+    return subject
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """What the pipeline knows about one journal entry once it is parsed and classified."""
+
+    entry: JournalEntry
+    parsed: ParsedMessage
+    verdict: Verdict
+    panel: dict[str, str | None]  # the panel's verified identity, {} for mail
+
+    @property
+    def sender(self) -> str:
+        return self.parsed.from_address
+
+    @property
+    def recipients(self) -> list[str]:
+        envelope = [str(address).lower() for address in self.entry.meta.get("rcpt_tos", [])]
+        return [*envelope, *self.parsed.to, *self.parsed.cc]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        settings: Settings,
+        blobs: BlobStore,
+        replies: Replies,
+        addresses: ReplyAddresses,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._blobs = blobs
+        self._replies = replies
+        self._addresses = addresses
+
+    # --- transaction ownership -----------------------------------------------------------------
+
+    def process(self, journal_id: int) -> str:
+        """Process one entry; returns done | duplicate | skipped | quarantined | deferred."""
+        try:
+            with reading(self._engine) as session:
+                entry = journal.get_entry(session=session, journal_id=journal_id)
+            if entry is None or entry.status != "pending":
+                return "skipped"
+            parsed = parse_message(entry.raw)  # outside the write transaction: it can be slow
+            with transaction(self._engine) as session:
+                claimed = journal.claim_pending(session=session, journal_id=journal_id)
+                if claimed is None:
+                    return "skipped"
+                return self._handle(session, self._inbound(claimed, parsed))
+        except OperationalError as error:
+            log.warning("journal entry %s deferred, database unavailable: %s", journal_id, error)
+            return "deferred"
+        except Exception as error:
+            log.exception("journal entry %s quarantined", journal_id)
+            self._quarantine(journal_id, f"{type(error).__name__}: {error}")
+            return "quarantined"
+
+    def _quarantine(self, journal_id: int, reason: str) -> None:
+        try:
+            with transaction(self._engine) as session:
+                journal.quarantine(session=session, journal_id=journal_id, reason=reason)
+        except OperationalError as error:
+            log.warning("could not quarantine entry %s (stays pending): %s", journal_id, error)
+
+    def _inbound(self, entry: JournalEntry, parsed: ParsedMessage) -> Inbound:
+        facts = MailFacts(
+            parsed=parsed,
+            mail_from=entry.meta.get("mail_from"),
+            own_addresses=self._is_own_address,
+            loop_marker=self._replies.loop_marker,
+            is_staff=self._settings.is_staff,
+        )
+        panel = entry.meta.get("panel") or {}
+        return Inbound(entry=entry, parsed=parsed, verdict=classify(facts), panel=panel)
+
+    def _is_own_address(self, address: str) -> bool:
+        address = address.lower()
+        return self._addresses.is_ours(address) or address == self._settings.staff_queue_address.lower()
+
+    # --- the decisions -------------------------------------------------------------------------
+
+    def _handle(self, session: Session, inbound: Inbound) -> str:
+        entry, parsed = inbound.entry, inbound.parsed
+        message_id = None if parsed.message_id_synthesised else parsed.message_id
+        entry.message_id, entry.sender = parsed.message_id, inbound.sender
+        original = journal.find_processed_duplicate(
+            session=session, entry=entry, message_id=message_id, sender=inbound.sender
+        )
+        if original is not None:
+            entry.case_id = original.case_id
+            journal.finish(session=session, entry=entry, status="duplicate", reason=f"duplicate of #{original.id}")
+            return "duplicate"
+
+        is_staff = inbound.verdict.kind == "staff"
+        decision = decide(
+            session=session,
+            parsed=parsed,
+            recipients=inbound.recipients,
+            replies=self._addresses,
+            is_staff=is_staff,
+            panel_account=inbound.panel.get("account"),
+            panel_case_number=inbound.panel.get("case"),
+            reopen_window=timedelta(days=self._settings.reopen_window_days),
+            now=utcnow(),
+        )
+        if is_staff and decision.case is not None and (
+            decision.via == "staff_token" or entry.meta.get("authenticated")
+        ):
+            self._staff_reply(session, inbound, decision.case)
+        else:
+            self._customer_message(session, inbound, decision)
+        journal.finish(session=session, entry=entry, status="done")
+        return "done"
+
+    def _customer_message(self, session: Session, inbound: Inbound, decision: ThreadDecision) -> None:
+        parsed, verdict = inbound.parsed, inbound.verdict
+        case = decision.case
+        is_new = case is None
+        if case is None:
+            case = self._open_case(session, inbound, decision)
+        # Staff mail that is not a proper staff reply is kept as an internal note, never sent on.
+        direction = "note" if verdict.kind == "staff" else "inbound"
+        message = self._store_inbound(session, inbound, case, direction=direction)
+        refused = [a for a in self._attachments(session, inbound, message) if a.refused]
+        self._update_case_after_inbound(session, inbound, case, decision)
+        if verdict.kind == "bounce":
+            self._record_bounce(session, inbound)
+        if verdict.automatic or direction == "note" or inbound.entry.meta.get("quiet"):
+            return  # never answer automatic mail, internal notes, or imported old correspondence
+        if decision.refused_case is not None:
+            self._queue(session, case, inbound, "stranger_split", {})
+        elif is_new:
+            self._queue(session, case, inbound, "ack", {"received_subject": parsed.subject})
+        if refused:
+            self._queue_refused_notice(session, case, inbound, refused)
+        self._notify_staff(session, case, inbound, is_new=is_new, refused=refused)
+
+    def _open_case(self, session: Session, inbound: Inbound, decision: ThreadDecision) -> Case:
+        parsed = inbound.parsed
+        account_id = inbound.panel.get("account")
+        if account_id is None and parsed.from_address:
+            account = directory.account_for_address(session=session, email=parsed.from_address)
+            account_id = account.id if account is not None else None
+        account = directory.get_account(session=session, account_id=account_id) if account_id else None
+        now = utcnow()
+        case = Case(
+            number=cases.next_case_number(session=session, year=now.year),
+            subject=clean_subject(parsed.subject)[:1000] or "(bez tematu)",
+            requester=parsed.from_address,
+            requester_name=parsed.from_name,
+            language=(account.language if account and account.language else self._settings.default_language),
+            category=inbound.panel.get("category"),
+            account_id=account_id,
+            service_id=inbound.panel.get("service"),
+            follows_case_id=decision.follows_case.id if decision.follows_case else None,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(case)
+        session.flush()
+        if decision.refused_case is not None:
+            cases.record_security_event(
+                session=session,
+                event=SecurityEvent(
+                    kind="foreign_case_reference",
+                    sender=parsed.from_address,
+                    target_case_id=decision.refused_case.id,
+                    new_case_id=case.id,
+                    journal_id=inbound.entry.id,
+                    detail=f"referred to case {decision.refused_case.number} without being a participant",
+                ),
+            )
+        return case
+
+    def _store_inbound(self, session: Session, inbound: Inbound, case: Case, *, direction: str) -> Message:
+        parsed, entry = inbound.parsed, inbound.entry
+        message = Message(
+            journal_id=entry.id,
+            direction=direction,
+            source="staff" if direction == "note" else _message_source(entry.source),
+            message_id=parsed.message_id,
+            sender=parsed.from_address,
+            from_header=parsed.from_header,
+            to_header=parsed.to_header,
+            cc_header=parsed.cc_header,
+            subject=parsed.subject,
+            date=parsed.date.replace(tzinfo=timezone.utc) if parsed.date else None,
+            text=parsed.text,
+            html=parsed.html,
+            auto_generated=inbound.verdict.automatic,
+            raw_sha256=entry.raw_sha256,
+            defects=list(parsed.defects),
+        )
+        cases.add_message(session=session, case=case, message=message)
+        own = self._is_own_address
+        cases.add_participants(
+            session=session,
+            case_id=case.id or 0,
+            emails=[a for a in (parsed.from_address, *parsed.to, *parsed.cc) if a and not own(a)],
+        )
+        entry.case_id = case.id
+        return message
+
+    def _attachments(self, session: Session, inbound: Inbound, message: Message) -> list[Attachment]:
+        stored = []
+        for part in inbound.parsed.attachments:
+            attachment = self._attachment_row(session, part, message_id=message.id or 0)
+            cases.add_attachment(session=session, attachment=attachment)
+            stored.append(attachment)
+        return stored
+
+    def _attachment_row(self, session: Session, part: ParsedAttachment, *, message_id: int) -> Attachment:
+        limit = self._settings.max_attachment_bytes
+        row = Attachment(
+            message_id=message_id,
+            filename=part.filename,
+            content_type=part.content_type,
+            size=part.size,
+            content_id=part.content_id,
+            inline=part.inline,
+        )
+        if part.size > limit:
+            row.refused = True
+            row.reason = f"attachment exceeds the limit of {limit} bytes ({part.size} bytes)"
+        else:
+            row.sha256 = self._blobs.put(session=session, content=part.content)
+        return row
+
+    def _update_case_after_inbound(
+        self, session: Session, inbound: Inbound, case: Case, decision: ThreadDecision
+    ) -> None:
+        case.updated_at = utcnow()
+        if not inbound.verdict.automatic and inbound.verdict.kind != "staff":
+            if case.status != "open":
+                case.closed_at = None
+            case.status = "open"
+        session.add(case)
+
+    def _record_bounce(self, session: Session, inbound: Inbound) -> None:
+        report = inbound.parsed.delivery_report
+        if report is None or not report.original_message_id:
+            return
+        item = outbox.find_by_message_id(session=session, message_id=report.original_message_id)
+        if item is None:
+            return
+        item.status = "failed"
+        item.last_error = f"bounced: {report.status} {report.diagnostic}".strip()
+        session.add(item)
+        cases.mark_outbound_delivery(session=session, outbox_id=item.id or 0, status="failed")
+
+    # --- staff replies -------------------------------------------------------------------------
+
+    def _staff_reply(self, session: Session, inbound: Inbound, case: Case) -> None:
+        reply = read_staff_reply(inbound.parsed.text)
+        now = utcnow()
+        if reply.category:
+            case.category = reply.category
+        if reply.note or not reply.body:
+            note = self._store_inbound(session, inbound, case, direction="note")
+            self._attachments(session, inbound, note)
+        if not reply.note and reply.body:
+            self._replies.queue(
+                session=session,
+                case=case,
+                mail=Outgoing(
+                    kind="staff_reply",
+                    recipient=case.requester,
+                    automatic=False,
+                    source="staff",
+                    context={"body": reply.body, "staff_name": inbound.parsed.from_name},
+                    in_reply_to=self._latest_customer_message_id(session, case),
+                    attachments=self._forwardable(inbound.parsed.attachments),
+                ),
+            )
+            case.status = "answered"
+        if reply.reopen:
+            case.status, case.closed_at = "open", None
+        if reply.close:
+            if not reply.body and not reply.note:
+                self._queue(session, case, inbound, "closed", {"by_staff": True, "idle_days": 0},
+                            recipient=case.requester, automatic=False)
+            case.status, case.closed_at = "closed", now
+        inbound.entry.case_id = case.id
+        case.updated_at = now
+        session.add(case)
+
+    def _forwardable(self, parts: tuple[ParsedAttachment, ...]) -> tuple[OutgoingAttachment, ...]:
+        limit = self._settings.max_attachment_bytes
+        return tuple(
+            OutgoingAttachment(filename=p.filename, content_type=p.content_type, content=p.content)
+            for p in parts
+            if p.size <= limit
+        )
+
+    def _latest_customer_message_id(self, session: Session, case: Case) -> str | None:
+        for message in reversed(cases.case_messages(session=session, case_id=case.id or 0)):
+            if message.direction == "inbound" and not message.auto_generated:
+                return message.message_id
+        return None
+
+    # --- replies caused by a customer message --------------------------------------------------
+
+    def _queue(
+        self,
+        session: Session,
+        case: Case,
+        inbound: Inbound,
+        kind: str,
+        context: dict[str, object],
+        *,
+        recipient: str | None = None,
+        automatic: bool = True,
+    ) -> None:
+        recipient = recipient or inbound.sender
+        if not recipient:
+            return
+        self._replies.queue(
+            session=session,
+            case=case,
+            mail=Outgoing(
+                kind=kind,
+                recipient=recipient,
+                automatic=automatic,
+                context=context,
+                in_reply_to=inbound.parsed.message_id,
+                references=inbound.parsed.references,
+            ),
+        )
+
+    def _queue_refused_notice(
+        self, session: Session, case: Case, inbound: Inbound, refused: list[Attachment]
+    ) -> None:
+        listed = [{"filename": a.filename, "size": a.size, "content_type": a.content_type} for a in refused]
+        context = {"refused": listed, "limit_bytes": self._settings.max_attachment_bytes}
+        self._queue(session, case, inbound, "attachment_refused", context)
+
+    def _notify_staff(
+        self, session: Session, case: Case, inbound: Inbound, *, is_new: bool, refused: list[Attachment]
+    ) -> None:
+        parsed = inbound.parsed
+        forwarded = self._forwardable(parsed.attachments)
+        self._replies.queue(
+            session=session,
+            case=case,
+            mail=Outgoing(
+                kind="notification",
+                recipient=self._settings.staff_queue_address,
+                automatic=True,
+                to_staff=True,
+                context={
+                    "customer_address": parsed.from_address,
+                    "body": parsed.text,
+                    "attachments": [{"filename": a.filename, "size": len(a.content)} for a in forwarded],
+                    "refused": [{"filename": a.filename, "size": a.size, "reason": a.reason} for a in refused],
+                    "is_new_case": is_new,
+                    "commands_help": True,
+                },
+                in_reply_to=parsed.message_id,
+                references=parsed.references,
+                attachments=forwarded,
+            ),
+        )
+
+
+def _message_source(journal_source: str) -> str:
+    # Imported files were mail once; SPEC §2 knows the sources smtp|imap|panel|staff|system.
+    return "smtp" if journal_source == "file" else journal_source

@@ -1,0 +1,159 @@
+"""Outgoing mail: render a template, give it the headers of SPEC §6, and put it in the outbox.
+
+Every outgoing message is composed here and only here, so each one gets its own Message-ID
+(stored before sending), In-Reply-To/References of the conversation, the `[#NUMBER]` subject tag,
+a signed Reply-To, the loop marker, and on automatic mail Auto-Submitted and
+X-Auto-Response-Suppress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from email import policy
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate, make_msgid
+from typing import Any
+
+from sqlmodel import Session
+
+from gateway.classify import LOOP_HEADER
+from gateway.settings import Settings
+from gateway.templates import MailTemplates
+from gateway.tokens import ReplyAddresses
+from store import cases, outbox
+from store.models import Case, Message, OutboxItem, utcnow
+
+MAX_REFERENCES = 20  # keep References from growing without bound in long threads
+
+
+@dataclass(frozen=True)
+class OutgoingAttachment:
+    filename: str
+    content_type: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One mail to send, before rendering."""
+
+    kind: str  # the template
+    recipient: str
+    automatic: bool
+    context: Mapping[str, Any]
+    in_reply_to: str | None = None  # Message-ID (no brackets) of the message this answers
+    references: Sequence[str] = ()
+    to_staff: bool = False  # Reply-To is the staff reply address, and it is not a case message
+    attachments: Sequence[OutgoingAttachment] = field(default_factory=tuple)
+    source: str = "system"  # system | staff: how the stored case message is labelled
+
+
+class Replies:
+    def __init__(self, *, settings: Settings, templates: MailTemplates, addresses: ReplyAddresses) -> None:
+        self._settings = settings
+        self._templates = templates
+        self._addresses = addresses
+
+    @property
+    def loop_marker(self) -> str:
+        return self._settings.support_address.lower()
+
+    def queue(self, *, session: Session, case: Case, mail: Outgoing) -> OutboxItem | None:
+        """Render `mail` and commit it to the outbox in the caller's transaction.
+
+        Automatic mail beyond the per-sender hourly limit is not queued (returns None).
+        """
+        if mail.automatic and not mail.to_staff and self._over_hourly_limit(session, mail.recipient):
+            return None
+        rendered = self._templates.render(
+            mail.kind, language=case.language, context=self._context(case, mail)
+        )
+        subject = f"[#{case.number}] {rendered.subject}"
+        message = self._build(case=case, mail=mail, subject=subject, text=rendered.text, html=rendered.html)
+        raw = message.as_bytes(policy=policy.SMTP)
+        message_id = str(message["Message-ID"]).strip("<>")
+        item = outbox.enqueue(
+            session=session,
+            item=OutboxItem(
+                case_id=case.id,
+                kind=mail.kind,
+                automatic=mail.automatic,
+                mail_from=self._settings.support_address,
+                recipient=mail.recipient.lower(),
+                message_id=message_id,
+                raw=raw,
+            ),
+        )
+        if not mail.to_staff:
+            cases.add_message(
+                session=session,
+                case=case,
+                message=Message(
+                    direction="outbound",
+                    source=mail.source,
+                    message_id=message_id,
+                    sender=self._settings.support_address.lower(),
+                    from_header=str(message["From"]),
+                    to_header=mail.recipient,
+                    subject=subject,
+                    date=utcnow(),
+                    text=rendered.text,
+                    html=rendered.html,
+                    auto_generated=mail.automatic,
+                    raw_sha256=hashlib.sha256(raw).hexdigest(),
+                    outbox_id=item.id,
+                    delivery_status="queued",
+                ),
+            )
+        return item
+
+    def _over_hourly_limit(self, session: Session, recipient: str) -> bool:
+        since = utcnow() - timedelta(hours=1)
+        sent = outbox.count_automatic_to(session=session, recipient=recipient.lower(), since=since)
+        return sent >= self._settings.auto_replies_per_sender_per_hour
+
+    def _context(self, case: Case, mail: Outgoing) -> dict[str, Any]:
+        return {
+            "case_number": case.number,
+            "case_subject": case.subject,
+            "support_address": self._settings.support_address,
+            "support_name": self._settings.support_name,
+            "customer_name": case.requester_name,
+            **mail.context,
+        }
+
+    def _build(self, *, case: Case, mail: Outgoing, subject: str, text: str, html: str | None) -> EmailMessage:
+        message = EmailMessage(policy=policy.SMTP)
+        message["From"] = formataddr((self._settings.support_name, self._settings.support_address))
+        message["To"] = mail.recipient
+        message["Subject"] = subject
+        message["Date"] = formatdate(usegmt=True)
+        message["Message-ID"] = make_msgid(domain=self._settings.support_domain)
+        if mail.to_staff:
+            reply_to = self._addresses.for_staff(number=case.number)
+        else:
+            reply_to = self._addresses.for_customer(number=case.number, customer=mail.recipient)
+        message["Reply-To"] = formataddr((self._settings.support_name, reply_to))
+        if mail.in_reply_to:
+            message["In-Reply-To"] = f"<{mail.in_reply_to}>"
+            chain = [*mail.references, mail.in_reply_to][-MAX_REFERENCES:]
+            message["References"] = " ".join(f"<{mid}>" for mid in dict.fromkeys(chain))
+        if mail.automatic:
+            message["Auto-Submitted"] = "auto-replied"
+        message["X-Auto-Response-Suppress"] = "All"
+        message[LOOP_HEADER] = self.loop_marker
+        message.set_content(text)
+        if html is not None:
+            message.add_alternative(html, subtype="html")
+        for attachment in mail.attachments:
+            maintype, _, subtype = attachment.content_type.partition("/")
+            message.add_attachment(
+                attachment.content,
+                maintype=maintype or "application",
+                subtype=subtype or "octet-stream",
+                filename=attachment.filename,
+            )
+        return message

@@ -1,0 +1,206 @@
+"""Wiring: settings -> engine -> pipeline, outbox, listeners, scheduler, in one event loop.
+
+`Components` is everything that works on mail without listening to the network (the CLI's
+`ingest` and `quarantine retry` use it as they are); `Gateway` adds the SMTP and HTTP listeners,
+the IMAP pollers and the scheduler for `gateway serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from gateway.intake import Intake
+from gateway.outbox import OutboxWorker
+from gateway.pipeline import Pipeline
+from gateway.relay import make_relay
+from gateway.replies import Replies
+from gateway.settings import Settings
+from gateway.templates import MailTemplates
+from gateway.tokens import ReplyAddresses
+from store import db
+from store.blobs import BlobStore, make_blob_store
+from store.secrets import get_or_create_secret
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+
+@dataclass
+class Components:
+    settings: Settings
+    engine: Engine
+    blobs: BlobStore
+    addresses: ReplyAddresses
+    replies: Replies
+    pipeline: Pipeline
+    panel_secret: str
+
+    @classmethod
+    def build(cls, settings: Settings, *, migrate: bool | None = None) -> Components:
+        engine = db.make_engine(settings.database_url)
+        if settings.auto_migrate if migrate is None else migrate:
+            db.upgrade(engine)
+        with db.transaction(engine) as session:
+            signing_secret = settings.signing_secret or get_or_create_secret(session=session, key="signing_secret")
+            panel_secret = settings.panel_secret or get_or_create_secret(session=session, key="panel_secret")
+        addresses = ReplyAddresses(support_address=settings.support_address, secret=signing_secret)
+        templates = MailTemplates(
+            builtin_dir=TEMPLATES_DIR,
+            override_dir=settings.template_dir,
+            default_language=settings.default_language,
+        )
+        replies = Replies(settings=settings, templates=templates, addresses=addresses)
+        blobs = make_blob_store(settings.blob_store, settings.data_dir)
+        pipeline = Pipeline(engine=engine, settings=settings, blobs=blobs, replies=replies, addresses=addresses)
+        return cls(settings, engine, blobs, addresses, replies, pipeline, panel_secret)
+
+
+class PipelineRunner:
+    """Feeds journaled entries to the pipeline, one at a time and in order, off the event loop."""
+
+    def __init__(self, pipeline: Pipeline, *, on_done: callable) -> None:  # type: ignore[valid-type]
+        self._pipeline = pipeline
+        self._on_done = on_done
+        self._queue: asyncio.Queue[int] = asyncio.Queue()
+        self._queued: set[int] = set()
+        self.processed = 0
+
+    def submit(self, journal_ids: list[int]) -> None:
+        for journal_id in journal_ids:
+            if journal_id not in self._queued:
+                self._queued.add(journal_id)
+                self._queue.put_nowait(journal_id)
+
+    async def run(self) -> None:
+        while True:
+            journal_id = await self._queue.get()
+            try:
+                outcome = await asyncio.to_thread(self._pipeline.process, journal_id)
+            finally:
+                self._queued.discard(journal_id)
+            self.processed += 1
+            if outcome == "done":
+                self._on_done()
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+
+class Gateway:
+    """`gateway serve`: everything in one process and one event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.components: Components | None = None
+        self.smtp_server: asyncio.AbstractServer | None = None
+        self.http_server = None
+        self.pollers: list = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._scheduler = None
+        self.runner: PipelineRunner | None = None
+        self.outbox: OutboxWorker | None = None
+        self.intake: Intake | None = None
+
+    async def start(self) -> None:
+        from gateway.http import build_http_server
+        from gateway.jobs import build_scheduler, pending_journal_ids
+        from gateway.smtp import start_smtp_server
+
+        settings = self.settings
+        components = await asyncio.to_thread(Components.build, settings)
+        self.components = components
+        relay = make_relay(settings.relay_url, timeout=settings.relay_timeout_seconds)
+        self.outbox = OutboxWorker(engine=components.engine, settings=settings, relay=relay, replies=components.replies)
+        self.runner = PipelineRunner(components.pipeline, on_done=self.outbox.wake)
+        self.intake = Intake(components.engine, instance_name=settings.instance_name, on_journaled=self.runner.submit)
+        self._spawn(self.runner.run(), "pipeline")
+        self._spawn(self.outbox.run(), "outbox")
+        # Whatever was acknowledged before a crash and not processed yet goes first.
+        self.runner.submit(await asyncio.to_thread(pending_journal_ids, components.engine, older_than_seconds=0))
+        self.pollers = self._build_pollers()
+        for poller in self.pollers:
+            self._spawn(poller.run(), f"imap-{poller.mailbox.name}")
+        self.smtp_server = await start_smtp_server(settings=settings, intake=self.intake, addresses=components.addresses)
+        self.http_server = await build_http_server(self)
+        self._scheduler = build_scheduler(
+            engine=components.engine,
+            settings=settings,
+            replies=components.replies,
+            submit=self.runner.submit,
+            wake_outbox=self.outbox.wake,
+        )
+        self._scheduler.start()
+        log.info(
+            "gateway ready: SMTP %s:%s, HTTP %s:%s, database %s",
+            settings.smtp_host, settings.smtp_port, settings.http_host, settings.http_port,
+            components.engine.url.render_as_string(hide_password=True),
+        )
+
+    def _build_pollers(self) -> list:
+        if not self.settings.imap_mailboxes:
+            return []
+        from gateway.imap import MailboxPoller
+
+        assert self.components is not None and self.intake is not None
+        return [
+            MailboxPoller(mailbox, engine=self.components.engine, intake=self.intake)
+            for mailbox in self.settings.imap_mailboxes
+        ]
+
+    def _spawn(self, coroutine, name: str) -> None:  # type: ignore[no-untyped-def]
+        self._tasks.append(asyncio.create_task(coroutine, name=name))
+
+    def database_ready(self) -> bool:
+        if self.components is None:
+            return False
+        try:
+            with self.components.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    def health(self) -> tuple[bool, dict]:
+        listening = self.smtp_server is not None and self.smtp_server.is_serving()
+        database = self.database_ready()
+        body = {
+            "status": "ok" if listening and database else "unavailable",
+            "database": database,
+            "smtp": listening,
+            "instance": self.settings.instance_name,
+            "pipeline_backlog": self.runner.backlog if self.runner else None,
+            "imap": {poller.mailbox.name: poller.status for poller in self.pollers},
+        }
+        return listening and database, body
+
+    async def serve_forever(self) -> None:
+        """Run until the HTTP server is told to exit (SIGINT/SIGTERM), then stop everything."""
+        assert self.http_server is not None
+        try:
+            await self.http_server.serve_task
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        if self.smtp_server is not None:
+            self.smtp_server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.smtp_server.wait_closed(), 5)
+        if self.http_server is not None:
+            await self.http_server.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.components is not None:
+            self.components.engine.dispose()

@@ -1,0 +1,130 @@
+"""Which case a message belongs to (SPEC §4), and whether its sender may write into it.
+
+Candidates, first match wins: a signed reply address among the recipients, then any Message-ID of
+In-Reply-To/References stored in a case, then a `[#NUMBER]` tag in the subject. A candidate is
+accepted only if the sender may write into it; otherwise the message opens a case of its own and
+the refused candidate is reported (never revealed to the sender).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import Session
+
+from gateway.parse import ParsedMessage
+from gateway.tokens import ReplyAddresses
+from store import cases, directory
+from store.models import Case
+
+SUBJECT_TAG = re.compile(r"\[#\s*(\d{4}-\d{6,})\s*\]")
+
+
+@dataclass(frozen=True)
+class ThreadDecision:
+    case: Case | None  # the case to write into; None: open a new one
+    via: str  # token | staff_token | references | subject | panel | bounce | new
+    refused_case: Case | None = None  # a candidate the sender may not write into
+    follows_case: Case | None = None  # closed beyond the reopen window: the new case refers to it
+    reopen: bool = False
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    case: Case
+    via: str
+    authorised: bool  # already proven by a valid token or the panel's verified identity
+
+
+def subject_case_number(subject: str) -> str | None:
+    match = SUBJECT_TAG.search(subject)
+    return match.group(1) if match else None
+
+
+def decide(
+    *,
+    session: Session,
+    parsed: ParsedMessage,
+    recipients: Iterable[str],
+    replies: ReplyAddresses,
+    is_staff: bool,
+    panel_account: str | None,
+    panel_case_number: str | None,
+    reopen_window: timedelta,
+    now: datetime,
+) -> ThreadDecision:
+    candidate = _find_candidate(
+        session=session,
+        parsed=parsed,
+        recipients=recipients,
+        replies=replies,
+        is_staff=is_staff,
+        panel_account=panel_account,
+        panel_case_number=panel_case_number,
+    )
+    if candidate is None:
+        return ThreadDecision(case=None, via="new")
+    if not (candidate.authorised or is_staff or _may_write(session, candidate.case, parsed.from_address)):
+        return ThreadDecision(case=None, via="new", refused_case=candidate.case)
+    case = candidate.case
+    if case.status == "closed" and not is_staff:
+        closed_at = case.closed_at or case.updated_at
+        if now - closed_at > reopen_window:
+            return ThreadDecision(case=None, via="new", follows_case=case)
+        return ThreadDecision(case=case, via=candidate.via, reopen=True)
+    return ThreadDecision(case=case, via=candidate.via)
+
+
+def _find_candidate(
+    *,
+    session: Session,
+    parsed: ParsedMessage,
+    recipients: Iterable[str],
+    replies: ReplyAddresses,
+    is_staff: bool,
+    panel_account: str | None,
+    panel_case_number: str | None,
+) -> _Candidate | None:
+    if panel_case_number is not None:
+        case = cases.get_case_by_number(session=session, number=panel_case_number)
+        if case is not None and panel_account is not None and case.account_id == panel_account:
+            return _Candidate(case=case, via="panel", authorised=True)
+    for address in recipients:
+        token = replies.parse(address)
+        if token is None or not replies.verify(token, sender=parsed.from_address):
+            continue
+        if token.staff and not is_staff:
+            continue  # a staff reply address used by someone who is not staff
+        case = cases.get_case_by_number(session=session, number=token.number)
+        if case is not None:
+            return _Candidate(case=case, via="staff_token" if token.staff else "token", authorised=True)
+    if parsed.delivery_report is not None and parsed.delivery_report.original_message_id:
+        case = cases.find_case_by_message_ids(
+            session=session, message_ids=[parsed.delivery_report.original_message_id]
+        )
+        if case is not None:
+            return _Candidate(case=case, via="bounce", authorised=True)
+    case = cases.find_case_by_message_ids(
+        session=session, message_ids=[*parsed.references, *parsed.in_reply_to]
+    )
+    if case is not None:
+        return _Candidate(case=case, via="references", authorised=False)
+    number = subject_case_number(parsed.subject)
+    if number is not None:
+        case = cases.get_case_by_number(session=session, number=number)
+        if case is not None:
+            return _Candidate(case=case, via="subject", authorised=False)
+    return None
+
+
+def _may_write(session: Session, case: Case, sender: str) -> bool:
+    if not sender:
+        return False
+    if sender == case.requester or cases.is_participant(session=session, case_id=case.id or 0, email=sender):
+        return True
+    return case.account_id is not None and directory.is_account_contact(
+        session=session, account_id=case.account_id, email=sender
+    )

@@ -1,0 +1,72 @@
+"""Attachment contents stored once by SHA-256, outside the rows: on disk, or in the database.
+
+The disk store is the embedded default (GATEWAY_DATA_DIR/blobs); the database store is for
+deployments where instances share nothing but the database (SPEC §10).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Protocol
+
+from sqlmodel import Session
+
+from store.models import Blob
+
+
+class BlobStore(Protocol):
+    def put(self, *, session: Session, content: bytes) -> str: ...
+
+    def get(self, *, session: Session, sha256: str) -> bytes | None: ...
+
+
+class DiskBlobStore:
+    """Files at ROOT/ab/cd/<sha256>, written to a temporary name, fsynced, then renamed."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    def _path(self, sha256: str) -> Path:
+        return self._root / sha256[:2] / sha256[2:4] / sha256
+
+    def put(self, *, session: Session, content: bytes) -> str:
+        sha256 = hashlib.sha256(content).hexdigest()
+        path = self._path(sha256)
+        if path.exists():
+            return sha256  # identical contents share storage
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{sha256}.{os.getpid()}.tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        return sha256
+
+    def get(self, *, session: Session, sha256: str) -> bytes | None:
+        try:
+            return self._path(sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+
+
+class DatabaseBlobStore:
+    """Rows of the `blob` table, written in the caller's transaction."""
+
+    def put(self, *, session: Session, content: bytes) -> str:
+        sha256 = hashlib.sha256(content).hexdigest()
+        if session.get(Blob, sha256) is None:
+            session.add(Blob(sha256=sha256, size=len(content), content=content))
+        return sha256
+
+    def get(self, *, session: Session, sha256: str) -> bytes | None:
+        blob = session.get(Blob, sha256)
+        return None if blob is None else blob.content
+
+
+def make_blob_store(kind: str, data_dir: Path) -> BlobStore:
+    if kind == "database":
+        return DatabaseBlobStore()
+    return DiskBlobStore(data_dir / "blobs")

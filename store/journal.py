@@ -1,0 +1,100 @@
+"""Repository functions for the journal: claim, finish, quarantine, list and retry entries.
+
+Keyword-only arguments, an explicit session, never a commit: the pipeline owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from store.models import JournalEntry, utcnow
+
+
+def get_entry(*, session: Session, journal_id: int) -> JournalEntry | None:
+    return session.get(JournalEntry, journal_id)
+
+
+def claim_pending(*, session: Session, journal_id: int) -> JournalEntry | None:
+    """Lock a pending entry for processing in this transaction, or None if it is not ours to do.
+
+    On PostgreSQL an entry another instance is processing right now is skipped, not waited for;
+    SQLite has one writer at a time, so the status check alone decides.
+    """
+    statement = select(JournalEntry).where(
+        JournalEntry.id == journal_id, JournalEntry.status == "pending"
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        statement = statement.with_for_update(skip_locked=True)
+    return session.exec(statement).first()
+
+
+def find_processed_duplicate(
+    *, session: Session, entry: JournalEntry, message_id: str | None, sender: str
+) -> JournalEntry | None:
+    """An earlier entry already processed with the same raw bytes, or Message-ID from the sender."""
+    done = col(JournalEntry.status).in_(("done", "duplicate"))
+    statement = select(JournalEntry).where(
+        JournalEntry.raw_sha256 == entry.raw_sha256, JournalEntry.id != entry.id, done
+    )
+    found = session.exec(statement).first()
+    if found is not None or not message_id:
+        return found
+    statement = select(JournalEntry).where(
+        JournalEntry.message_id == message_id,
+        JournalEntry.sender == sender,
+        JournalEntry.id != entry.id,
+        done,
+    )
+    return session.exec(statement).first()
+
+
+def finish(*, session: Session, entry: JournalEntry, status: str, reason: str | None = None) -> None:
+    entry.status = status
+    entry.reason = reason
+    entry.attempts += 1
+    entry.processed_at = utcnow()
+    session.add(entry)
+
+
+def quarantine(*, session: Session, journal_id: int, reason: str) -> None:
+    session.execute(
+        update(JournalEntry)
+        .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == "pending")
+        .values(
+            status="quarantined",
+            reason=reason[:4000],
+            attempts=JournalEntry.attempts + 1,
+            processed_at=utcnow(),
+        )
+    )
+
+
+def pending_ids(*, session: Session, received_before: datetime | None = None, limit: int = 500) -> Sequence[int]:
+    statement = select(JournalEntry.id).where(JournalEntry.status == "pending")
+    if received_before is not None:
+        statement = statement.where(JournalEntry.received_at < received_before)
+    return [id_ for id_ in session.exec(statement.order_by(col(JournalEntry.id)).limit(limit)) if id_]
+
+
+def list_quarantined(*, session: Session) -> Sequence[JournalEntry]:
+    statement = (
+        select(JournalEntry).where(JournalEntry.status == "quarantined").order_by(col(JournalEntry.id))
+    )
+    return session.exec(statement).all()
+
+
+def requeue_quarantined(*, session: Session, journal_id: int | None = None) -> list[int]:
+    """Put quarantined entries (one, or all when journal_id is None) back to pending."""
+    statement = select(JournalEntry.id).where(JournalEntry.status == "quarantined")
+    if journal_id is not None:
+        statement = statement.where(JournalEntry.id == journal_id)
+    ids = [id_ for id_ in session.exec(statement) if id_ is not None]
+    if ids:
+        session.execute(
+            update(JournalEntry).where(col(JournalEntry.id).in_(ids)).values(status="pending")
+        )
+    return ids

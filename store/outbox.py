@@ -1,0 +1,75 @@
+"""Repository functions for the outbox table: enqueue, claim due rows, record each attempt.
+
+A row is claimed by one instance at a time (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has a
+single writer) and carries a lease (`claimed_until`), so a row whose sender died is sent again
+by whoever claims it after the lease; its Message-ID never changes between attempts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_
+from sqlmodel import Session, col, select
+
+from store.models import OutboxItem, utcnow
+
+
+def enqueue(*, session: Session, item: OutboxItem) -> OutboxItem:
+    session.add(item)
+    session.flush()
+    return item
+
+
+def claim_due(*, session: Session, instance: str, lease: timedelta, limit: int = 20) -> Sequence[OutboxItem]:
+    now = utcnow()
+    statement = (
+        select(OutboxItem)
+        .where(
+            or_(
+                (col(OutboxItem.status) == "queued") & (col(OutboxItem.next_attempt_at) <= now),
+                (col(OutboxItem.status) == "sending") & (col(OutboxItem.claimed_until) < now),
+            )
+        )
+        .order_by(col(OutboxItem.id))
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        statement = statement.with_for_update(skip_locked=True)
+    items = session.exec(statement).all()
+    for item in items:
+        item.status = "sending"
+        item.claimed_by = instance
+        item.claimed_until = now + lease
+        session.add(item)
+    return items
+
+
+def next_due_at(*, session: Session) -> datetime | None:
+    statement = select(func.min(OutboxItem.next_attempt_at)).where(OutboxItem.status == "queued")
+    return session.exec(statement).one()
+
+
+def get_item(*, session: Session, item_id: int) -> OutboxItem | None:
+    return session.get(OutboxItem, item_id)
+
+
+def find_by_message_id(*, session: Session, message_id: str) -> OutboxItem | None:
+    return session.exec(select(OutboxItem).where(OutboxItem.message_id == message_id)).first()
+
+
+def count_automatic_to(*, session: Session, recipient: str, since: datetime) -> int:
+    statement = select(func.count()).select_from(OutboxItem).where(
+        OutboxItem.recipient == recipient,
+        col(OutboxItem.automatic).is_(True),
+        OutboxItem.created_at >= since,
+    )
+    return session.exec(statement).one()
+
+
+def list_items(*, session: Session, status: str | None = None) -> Sequence[OutboxItem]:
+    statement = select(OutboxItem).order_by(col(OutboxItem.id))
+    if status is not None:
+        statement = statement.where(OutboxItem.status == status)
+    return session.exec(statement).all()

@@ -1,0 +1,109 @@
+"""Nothing acknowledged is lost: SIGKILL a real `gateway serve` while clients stream mail into it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiosmtplib
+import httpx
+
+from tests.conftest import REPO, SUPPORT, free_port, make_mail
+
+
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = open(log, "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve"], cwd=REPO, env=env, stdout=handle, stderr=handle
+    )
+
+
+def _wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "gateway exited during start-up"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("gateway did not become healthy")
+
+
+async def _stream(port: int, client_number: int, acknowledged: list[str], stop: asyncio.Event) -> None:
+    """Send mail until told to stop or the server dies; remember every Message-ID that got 250."""
+    sequence = 0
+    try:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10) as client:
+            while not stop.is_set():
+                sequence += 1
+                message = make_mail(
+                    sender=f"klient{client_number}@klient.example",
+                    subject=f"wiadomość {client_number}/{sequence}",
+                    body="treść " * 200,
+                )
+                await client.send_message(message)
+                acknowledged.append(str(message["Message-ID"]).strip("<>"))
+    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        pass  # the server was killed under us: what was not acknowledged is the sender's to retry
+
+
+def test_sigkill_while_streaming_loses_no_acknowledged_message(tmp_path: Path, database_url: str):
+    smtp_port, http_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": str(tmp_path / "none.toml"),
+        "GATEWAY_DATABASE_URL": database_url,
+        "GATEWAY_DATA_DIR": str(tmp_path / "data"),
+        "GATEWAY_SMTP_PORT": str(smtp_port),
+        "GATEWAY_HTTP_PORT": str(http_port),
+        "GATEWAY_RELAY_URL": f"maildir:{tmp_path / 'sent'}",
+        "GATEWAY_SUPPORT_ADDRESS": SUPPORT,
+    }
+    log = tmp_path / "gateway.log"
+    process = _start(env, log)
+    _wait_healthy(http_port, process)
+
+    acknowledged: list[str] = []
+
+    async def stream_then_kill() -> None:
+        stop = asyncio.Event()
+        clients = [asyncio.create_task(_stream(smtp_port, n, acknowledged, stop)) for n in range(6)]
+        while len(acknowledged) < 150:
+            await asyncio.sleep(0.01)
+        process.send_signal(signal.SIGKILL)  # mid-stream: some DATA are in flight right now
+        await asyncio.wait_for(asyncio.gather(*clients), 30)
+
+    asyncio.run(stream_then_kill())
+    process.wait(10)
+    assert len(acknowledged) >= 150
+
+    restarted = _start(env, log)
+    try:
+        _wait_healthy(http_port, restarted)
+        deadline = time.monotonic() + 120
+        while True:
+            export = subprocess.run(
+                [sys.executable, "-m", "gateway", "export"], cwd=REPO, env=env, capture_output=True, text=True
+            )
+            stored = {
+                message["message_id"]
+                for line in export.stdout.splitlines()
+                for message in json.loads(line)["messages"]
+                if message["direction"] == "inbound"
+            }
+            missing = set(acknowledged) - stored
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert missing == set(), f"{len(missing)} acknowledged messages lost"
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(30)
