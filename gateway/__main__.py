@@ -21,10 +21,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.command == "serve" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args.handler(load_settings(), args) or 0)
+    try:
+        return int(args.handler(load_settings(), args) or 0)
+    except BrokenPipeError:  # `gateway export | head`: the reader has all it wanted
+        sys.stderr.close()
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ def find_processed_duplicate(
     *, session: Session, entry: JournalEntry, message_id: str | None, sender: str
 ) -> JournalEntry | None:
     """An earlier entry already processed with the same raw bytes, or Message-ID from the sender."""
-    done = col(JournalEntry.status).in_(("done", "duplicate"))
+    done = JournalEntry.status == "done"
     statement = select(JournalEntry).where(
         JournalEntry.raw_sha256 == entry.raw_sha256, JournalEntry.id != entry.id, done
     )
