@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-
+from gateway.quotes import strip_quoted_reply
 
 _COMMAND = re.compile(r"^#(close|open|note|category)\b[ \t]*(.*)$", re.IGNORECASE)
 
@@ -23,7 +23,6 @@ class StaffReply:
 
 
 def read_staff_reply(text: str) -> StaffReply:
-    from gateway.quotes import strip_quoted_reply  # TEMP
     lines = strip_quoted_reply(text).splitlines()
     close = reopen = note = False
     category: str | None = None
