@@ -1,4 +1,8 @@
-"""The scheduler's job table (APScheduler) and the periodic work itself: replay, wake-ups, auto-close."""
+"""The scheduler's job table (APScheduler) and the periodic work itself: replay, wake-ups, auto-close.
+
+Every instance runs the scheduler. Replay and outbox wake-ups are safe anywhere (rows are claimed);
+auto-close runs once per cluster at a time, under an advisory lock.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from gateway.replies import Outgoing, Replies
 from gateway.settings import Settings
 from store import journal
 from store.db import reading, transaction
+from store.locks import cluster_lock
 from store.models import Case, utcnow
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,8 @@ def auto_close(engine: Engine, *, settings: Settings, replies: Replies) -> int:
             .order_by(col(Case.id))
             .limit(200)
         )
+        if session.get_bind().dialect.name == "postgresql":
+            statement = statement.with_for_update(skip_locked=True)
         for case in session.exec(statement).all():
             case.status, case.closed_at, case.updated_at = "closed", utcnow(), utcnow()
             session.add(case)
@@ -70,8 +77,12 @@ def build_scheduler(
             log.info("replaying %d pending journal entries", len(ids))
             submit(ids)
 
+    def close_idle_once_per_cluster() -> int:
+        with cluster_lock(engine, "job:auto-close") as held:
+            return auto_close(engine, settings=settings, replies=replies) if held else 0
+
     async def close_idle() -> None:
-        count = await asyncio.to_thread(auto_close, engine, settings=settings, replies=replies)
+        count = await asyncio.to_thread(close_idle_once_per_cluster)
         if count:
             log.info("auto-closed %d cases", count)
             wake_outbox()
