@@ -22,7 +22,7 @@ from gateway.parse import ParsedAttachment, ParsedMessage, parse_message
 from gateway.replies import Outgoing, OutgoingAttachment, Replies
 from gateway.settings import Settings
 from gateway.staff import read_staff_reply
-from gateway.threads import ThreadDecision, decide
+from gateway.threads import ThreadDecision, decide, subject_case_number
 from gateway.tokens import ReplyAddresses
 from store import cases, directory, journal, outbox
 from store.blobs import BlobStore
@@ -42,6 +42,14 @@ def clean_subject(subject: str) -> str:
         previous = subject
         subject = _TAG.sub(" ", _REPLY_PREFIX.sub("", subject)).strip()
     return subject
+
+
+class Deferred(Exception):
+    """Not now: the entry stays pending and is processed again shortly."""
+
+
+def _has_thread_hints(parsed: ParsedMessage) -> bool:
+    return bool(parsed.in_reply_to or parsed.references or subject_case_number(parsed.subject))
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,8 @@ class Pipeline:
         except OperationalError as error:
             log.warning("journal entry %s deferred, database unavailable: %s", journal_id, error)
             return "deferred"
+        except Deferred:
+            return "deferred"
         except Exception as error:
             log.exception("journal entry %s quarantined", journal_id)
             self._quarantine(journal_id, f"{type(error).__name__}: {error}")
@@ -150,6 +160,12 @@ class Pipeline:
             reopen_window=timedelta(days=self._settings.reopen_window_days),
             now=utcnow(),
         )
+        if decision.case is None and _has_thread_hints(parsed) and journal.has_older_pending(
+            session=session, journal_id=entry.id or 0
+        ):
+            # It answers something we cannot find yet, and mail acknowledged before it is still
+            # being processed (by another instance, perhaps): wait for that rather than split.
+            raise Deferred("waiting for earlier messages of the thread")
         if is_staff and decision.case is not None and (
             decision.via == "staff_token" or entry.meta.get("authenticated")
         ):
@@ -237,6 +253,7 @@ class Pipeline:
             auto_generated=inbound.verdict.automatic,
             raw_sha256=entry.raw_sha256,
             defects=list(parsed.defects),
+            received_at=entry.received_at,
         )
         cases.add_message(session=session, case=case, message=message)
         own = self._is_own_address

@@ -29,6 +29,7 @@ from store.secrets import get_or_create_secret
 
 log = logging.getLogger(__name__)
 
+DEFER_SECONDS = 0.5
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 
@@ -88,6 +89,9 @@ class PipelineRunner:
             self.processed += 1
             if outcome == "done":
                 self._on_done()
+            elif outcome == "deferred":
+                # Earlier mail of its thread is still in flight, or the database is away.
+                asyncio.get_running_loop().call_later(DEFER_SECONDS, self.submit, [journal_id])
 
     @property
     def backlog(self) -> int:

@@ -121,7 +121,11 @@ def list_cases(*, session: Session, limit: int | None = None) -> Sequence[Case]:
 
 
 def case_messages(*, session: Session, case_id: int) -> Sequence[Message]:
-    statement = select(Message).where(Message.case_id == case_id).order_by(col(Message.id))
+    statement = (
+        select(Message)
+        .where(Message.case_id == case_id)
+        .order_by(col(Message.received_at), col(Message.id))
+    )
     return session.exec(statement).all()
 
 

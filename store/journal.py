@@ -52,6 +52,14 @@ def find_processed_duplicate(
     return session.exec(statement).first()
 
 
+def has_older_pending(*, session: Session, journal_id: int) -> bool:
+    """Whether an entry acknowledged before this one still waits to be processed (anywhere)."""
+    statement = select(JournalEntry.id).where(
+        JournalEntry.status == "pending", JournalEntry.id < journal_id
+    )
+    return session.exec(statement.limit(1)).first() is not None
+
+
 def finish(*, session: Session, entry: JournalEntry, status: str, reason: str | None = None) -> None:
     entry.status = status
     entry.reason = reason

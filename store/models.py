@@ -140,6 +140,9 @@ class Message(SQLModel, table=True):
     outbox_id: Optional[int] = Field(default=None, foreign_key="outbox_item.id")
     delivery_status: Optional[str] = Field(default=None, max_length=12)
     read_at: Optional[datetime] = None  # read by the customer in the panel
+    # When the gateway received it (journal time; for outbound mail, when it was queued): the
+    # order of a case's messages, also when several instances process them.
+    received_at: datetime = Field(default_factory=utcnow)
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 17:24:17.749958
+Create Date: 2026-11-25
 """
 from alembic import op
 import sqlalchemy as sa
@@ -178,6 +178,7 @@ def upgrade() -> None:
     sa.Column('outbox_id', sa.Integer(), nullable=True),
     sa.Column('delivery_status', sqlmodel.sql.sqltypes.AutoString(length=12), nullable=True),
     sa.Column('read_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('received_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['case_id'], ['support_case.id'], ),
     sa.ForeignKeyConstraint(['journal_id'], ['journal_entry.id'], ),
