@@ -21,8 +21,10 @@ run: install
 system-deps:
 	bash tests/install-system-deps.sh
 
+# The whole suite on SQLite, then every database-dependent test again on PostgreSQL.
 test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+	GATEWAY_TEST_BACKEND=postgresql $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench

@@ -37,6 +37,15 @@ STAFF = "agent@example.test"
 STAFF_QUEUE = "staff-queue@example.test"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL pass, run only the tests whose outcome depends on the database."""
+    if BACKEND != "postgresql":
+        return
+    kept = [item for item in items if "database_url" in getattr(item, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
