@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     smtp_port: int = 2525
     smtp_hostname: str = "support.example.test"
     smtp_max_message_bytes: int = 64 * MIB
+    # Optional STARTTLS (both files, PEM) and AUTH for staff submitting replies (login -> password).
+    smtp_tls_cert_file: Path | None = None
+    smtp_tls_key_file: Path | None = None
+    smtp_auth_users: dict[str, str] = Field(default_factory=dict)
+    smtp_auth_require_tls: bool = True
 
     # --- HTTP (health, panel API) ----------------------------------------------------------------
     http_host: str = "127.0.0.1"

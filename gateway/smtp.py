@@ -7,11 +7,13 @@ cannot be written the sender gets `451 4.3.0` and its MTA retries later.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import ssl
 from email.utils import formatdate
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.intake import Intake, JournalUnavailable
 from gateway.settings import Settings
@@ -65,6 +67,7 @@ class SmtpHandler:
             "rcpt_tos": list(envelope.rcpt_tos),
             "peer": str(session.peer[0]) if session.peer else "",
             "authenticated": bool(session.authenticated),
+            "auth_login": session.auth_data if session.authenticated else None,
             "received": (
                 f"from {session.host_name} ([{session.peer[0] if session.peer else '?'}]) "
                 f"by {self._settings.smtp_hostname} with ESMTP; {formatdate(usegmt=True)}"
@@ -77,10 +80,36 @@ class SmtpHandler:
         return f"250 2.0.0 Ok: queued as {receipt.journal_id}"
 
 
+class Authenticator:
+    """AUTH PLAIN/LOGIN against the configured logins (staff submitting replies)."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self._users = {login.lower(): password for login, password in users.items()}
+
+    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: object) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        login = auth_data.login.decode("utf-8", "replace").lower()
+        expected = self._users.get(login)
+        given = auth_data.password.decode("utf-8", "replace")
+        success = expected is not None and hmac.compare_digest(expected.encode(), given.encode())
+        return AuthResult(success=success, handled=False, auth_data=login if success else None)
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.smtp_tls_cert_file is None or settings.smtp_tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.smtp_tls_cert_file, settings.smtp_tls_key_file)
+    return context
+
+
 async def start_smtp_server(
     *, settings: Settings, intake: Intake, addresses: ReplyAddresses
 ) -> asyncio.Server:
     handler = SmtpHandler(settings=settings, intake=intake, addresses=addresses)
+    tls_context = _tls_context(settings)
+    authenticator = Authenticator(settings.smtp_auth_users) if settings.smtp_auth_users else None
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: GatewaySMTP(
@@ -90,6 +119,11 @@ async def start_smtp_server(
             decode_data=False,
             hostname=settings.smtp_hostname,
             ident="support-mail-gateway",
+            tls_context=tls_context,
+            authenticator=authenticator,
+            auth_require_tls=settings.smtp_auth_require_tls,
+            # AUTH is for staff submission; customers' servers deliver without it.
+            auth_required=False,
         ),
         host=settings.smtp_host,
         port=settings.smtp_port,

@@ -143,7 +143,9 @@ async def send(
     raw = message if isinstance(message, bytes) else message.as_bytes()
     if mail_from is None:
         mail_from = "sender@klient.example" if isinstance(message, bytes) else str(message["From"])
-    async with aiosmtplib.SMTP(hostname=settings.smtp_host, port=settings.smtp_port, timeout=60) as client:
+    async with aiosmtplib.SMTP(
+        hostname=settings.smtp_host, port=settings.smtp_port, timeout=60, start_tls=False
+    ) as client:
         await client.ehlo()
         await client.mail(mail_from)
         for recipient in recipients or [SUPPORT]:
