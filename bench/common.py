@@ -1,0 +1,195 @@
+"""Plumbing shared by the benchmarks: server child processes, readiness checks, CPU pinning, output.
+
+Nothing here measures anything; it starts and stops what a benchmark measures, and writes its
+figures to bench/out/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = REPO_ROOT / "bench" / "out"
+
+
+class ServerFailed(Exception):
+    """A server process exited or never became ready; the message carries the tail of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence; NaN when it is empty."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """Which CPUs the load generator and the measured servers may use (None: no pinning)."""
+
+    client: frozenset[int] | None
+    servers: frozenset[int] | None
+
+    def describe(self) -> str:
+        if self.client is None or self.servers is None:
+            return "not pinned"
+        return f"load generator on CPU {_cpus(self.client)}, servers on CPU {_cpus(self.servers)}"
+
+
+def _cpus(cpus: frozenset[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
+def plan_cpus(pin: bool) -> CpuPlan:
+    """Give the load generator one CPU and the servers the rest, when pinning is possible at all."""
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return CpuPlan(None, None)
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return CpuPlan(None, None)
+    return CpuPlan(frozenset(available[:1]), frozenset(available[1:]))
+
+
+def pin_this_process(cpus: frozenset[int] | None) -> None:
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+
+
+@dataclass
+class ServerProcess:
+    """A child process serving something a benchmark measures, with its output in a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            raise ServerFailed(f"{self.name} exited with status {self.popen.returncode}\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within grace_s."""
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=grace_s)
+
+
+@contextmanager
+def server_process(
+    name: str,
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cpus: frozenset[int] | None = None,
+) -> Iterator[ServerProcess]:
+    """Run argv (cwd: the repository) for the duration of the block; always stopped afterwards."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            list(argv),
+            cwd=REPO_ROOT,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the benchmark, which then stops its children
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus is not None else None,
+        )
+    process = ServerProcess(name=name, popen=popen, log_path=log_path)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def wait_for_port(process: ServerProcess, host: str, port: int, timeout_s: float) -> None:
+    """Return once host:port accepts a TCP connection; ServerFailed if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        process.check_alive()
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=2)
+        except (OSError, asyncio.TimeoutError):
+            pass
+        else:
+            writer.close()
+            await writer.wait_closed()
+            return
+        if time.monotonic() > deadline:
+            raise ServerFailed(f"{process.name} not listening on {host}:{port} after {timeout_s:.0f} s\n{process.log_tail()}")
+        await asyncio.sleep(0.1)
+
+
+async def http_status(host: str, port: int, path: str, timeout_s: float = 2.0) -> int | None:
+    """The status code of GET path, or None if there is no answer."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=timeout_s)
+    except (OSError, asyncio.TimeoutError):
+        return None
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=timeout_s)
+    except (OSError, asyncio.TimeoutError):
+        return None
+    finally:
+        writer.close()
+    parts = status_line.split()
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+
+
+async def wait_for_http_ok(process: ServerProcess, host: str, port: int, path: str, timeout_s: float) -> float:
+    """Poll GET path until it answers 200; returns the seconds it took."""
+    started = time.monotonic()
+    last: int | None = None
+    while True:
+        process.check_alive()
+        last = await http_status(host, port, path)
+        if last == 200:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise ServerFailed(
+                f"{process.name}: GET {path} gave {last} after {timeout_s:.0f} s, not 200\n{process.log_tail()}"
+            )
+        await asyncio.sleep(0.2)
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
