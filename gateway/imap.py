@@ -7,6 +7,10 @@ means a re-fetch, which the pipeline's dedupe makes harmless. IDLE is used where
 otherwise; a re-sync every `poll_seconds` is the safety net either way. Any failure drops the
 connection and reconnects with exponential backoff; nothing here ends the process.
 
+With several instances on PostgreSQL, one poller per mailbox works at a time: it holds an advisory
+lock on a database connection of its own for as long as it polls; the others stand by and try
+again every few seconds, so when the holder dies (and its connection with it) one takes over.
+
 aioimaplib 2.0.3 notes that shape this module:
 - a pending command never completes when the connection drops (it only times out), so every call
   is raced against the connection-lost callback (`_call`);
@@ -25,12 +29,13 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import aioimaplib
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from gateway.intake import Intake
 from gateway.settings import MailboxSettings
 from store import imap_state
 from store.db import transaction
+from store.locks import try_lock, unlock
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ T = TypeVar("T")
 MAX_IDLE_SECONDS = 29 * 60.0
 COMMAND_TIMEOUT_SECONDS = 30.0
 FIRST_BACKOFF_SECONDS = 1.0
+STANDBY_SECONDS = 3.0  # how often a standing-by instance tries to take a mailbox over
 
 _UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _LITERAL_RE = re.compile(rb"BODY\[\] \{(\d+)\}$")
@@ -104,24 +110,59 @@ class MailboxPoller:
     # --- the outer loop: never ends on its own, never raises except on cancellation ------------------
 
     async def run(self) -> None:
-        backoff = FIRST_BACKOFF_SECONDS
         try:
             while True:
-                self._ready = False
+                lease = await asyncio.to_thread(self._take_lease)
+                if lease is None:
+                    self._state = "standby"  # another instance polls this mailbox
+                    await asyncio.sleep(STANDBY_SECONDS)
+                    continue
                 try:
-                    await self._load_state()
-                    await self._session()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:  # whatever went wrong, the answer is: reconnect later
-                    self._record_error(error)
-                if self._ready:
-                    backoff = FIRST_BACKOFF_SECONDS  # that session worked: a fresh failure
-                log.info("mailbox %s: reconnecting in %.0f s", self.name, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._reconnect_max)
+                    await self._poll_forever()
+                finally:
+                    await asyncio.to_thread(self._return_lease, lease)
         finally:
             self._state = "stopped"
+
+    def _lock_name(self) -> str:
+        return f"imap:{self.name}"
+
+    def _take_lease(self) -> Connection | None:
+        """A connection holding this mailbox's cluster lock, or None while someone else has it."""
+        try:
+            connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except Exception as error:
+            self._record_error(error)
+            return None
+        if try_lock(connection, self._lock_name()):
+            return connection
+        connection.close()
+        return None
+
+    def _return_lease(self, connection: Connection) -> None:
+        try:
+            unlock(connection, self._lock_name())
+        except Exception:
+            pass  # a dead connection has released the lock already
+        finally:
+            connection.close()
+
+    async def _poll_forever(self) -> None:
+        backoff = FIRST_BACKOFF_SECONDS
+        while True:
+            self._ready = False
+            try:
+                await self._load_state()
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # whatever went wrong, the answer is: reconnect later
+                self._record_error(error)
+            if self._ready:
+                backoff = FIRST_BACKOFF_SECONDS  # that session worked: a fresh failure
+            log.info("mailbox %s: reconnecting in %.0f s", self.name, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._reconnect_max)
 
     def _record_error(self, error: BaseException) -> None:
         text = f"{type(error).__name__}: {error}".rstrip(": ")
