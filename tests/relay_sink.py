@@ -1,0 +1,205 @@
+"""A real SMTP relay for the outbox tests: aiosmtpd on a free loopback port, with injectable failures.
+
+It records every DATA it receives (accepted or not, with the time it arrived) and can be told to
+answer the next N messages with a reply such as "451 4.3.0 try later" or "550 5.1.1 no such user",
+or to drop the connection after the message was transmitted and before answering it (the most
+ambiguous moment for a sender). It runs its own event loop in a thread, so the same sink serves
+async tests (gateway in the test's loop) and sync tests (gateway in a subprocess).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+DROP = "drop"  # the reply that means "close the connection instead of answering"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One DATA the sink received, and what it answered."""
+
+    at: float  # time.monotonic() when the message had been received
+    mail_from: str
+    recipients: tuple[str, ...]
+    raw: bytes = field(repr=False)
+    reply: str = "250"  # "250 ...", "451 ...", "550 ..." or DROP
+
+    @property
+    def accepted(self) -> bool:
+        return self.reply.startswith("250")
+
+    @property
+    def message_id(self) -> str:
+        value = message_from_bytes(self.raw, policy=policy.default)["Message-ID"]
+        return str(value or "").strip().strip("<>")
+
+    @property
+    def header_bytes(self) -> bytes:
+        """The header block, which is what must stay the same between attempts."""
+        return self.raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+
+
+@dataclass
+class _Rule:
+    reply: str
+    remaining: int
+    recipient: str | None  # only messages to this recipient; None: any message
+    stage: str  # "data": answer the message; "rcpt": refuse the recipient before any DATA
+
+
+@dataclass
+class _State:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    rules: list[_Rule] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    refused_recipients: list[tuple[float, str, str]] = field(default_factory=list)  # (at, address, reply)
+
+
+class _Handler:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        reply = self._reply_for((address.lower(),), stage="rcpt")
+        if reply.startswith("250"):
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 OK"
+        with self._state.lock:
+            self._state.refused_recipients.append((time.monotonic(), address.lower(), reply))
+        return reply
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        recipients = tuple(str(r).lower() for r in envelope.rcpt_tos)
+        raw = bytes(envelope.original_content or envelope.content or b"")
+        reply = self._reply_for(recipients, stage="data")
+        with self._state.lock:
+            self._state.deliveries.append(
+                Delivery(time.monotonic(), str(envelope.mail_from), recipients, raw, reply)
+            )
+        if reply == DROP:
+            # The whole message is in; the sender now waits for a reply that never comes.
+            assert server.transport is not None
+            server.transport.abort()
+            return "421 4.4.2 connection dropped"  # written to a closed transport: never seen
+        return reply
+
+    def _reply_for(self, recipients: tuple[str, ...], *, stage: str) -> str:
+        with self._state.lock:
+            for rule in self._state.rules:
+                if rule.stage != stage or rule.remaining <= 0:
+                    continue
+                if rule.recipient is None or rule.recipient in recipients:
+                    rule.remaining -= 1
+                    return rule.reply
+        return "250 2.0.0 OK: queued"
+
+
+class RelaySink:
+    """`with RelaySink() as sink:` ... `sink.url` is what GATEWAY_RELAY_URL should be."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = 0
+        self._state = _State()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="relay-sink", daemon=True)
+        self._server: asyncio.AbstractServer | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> RelaySink:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._listen(), self._loop)
+        self._server = future.result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _listen(self) -> asyncio.AbstractServer:
+        def protocol() -> SMTP:
+            # A fixed hostname keeps aiosmtpd from asking the resolver on every connection.
+            return SMTP(_Handler(self._state), hostname="relay-sink.test", decode_data=False)
+
+        return await self._loop.create_server(protocol, host=self.host, port=0)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> RelaySink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}"
+
+    # --- behaviour ---------------------------------------------------------------------------
+
+    def fail(
+        self, reply: str, *, count: int = 1_000_000, recipient: str | None = None, stage: str = "data"
+    ) -> None:
+        """Answer the next `count` messages (to `recipient`, if given) with `reply` or DROP.
+
+        stage="rcpt" refuses the recipient at RCPT TO instead, so no DATA is ever sent.
+        """
+        assert stage in ("data", "rcpt") and not (stage == "rcpt" and reply == DROP)
+        with self._state.lock:
+            self._state.rules.append(_Rule(reply, count, recipient.lower() if recipient else None, stage))
+
+    def drop(self, *, count: int = 1, recipient: str | None = None) -> None:
+        self.fail(DROP, count=count, recipient=recipient)
+
+    def accept_all(self) -> None:
+        """Forget every injected failure: from now on every message gets 250."""
+        with self._state.lock:
+            self._state.rules.clear()
+
+    # --- what arrived ------------------------------------------------------------------------
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        """Every DATA received so far, failed attempts included, oldest first."""
+        with self._state.lock:
+            return list(self._state.deliveries)
+
+    @property
+    def refused_recipients(self) -> list[tuple[float, str, str]]:
+        """(time, address, reply) of every RCPT TO refused by a stage="rcpt" rule."""
+        with self._state.lock:
+            return list(self._state.refused_recipients)
+
+    @property
+    def accepted(self) -> list[Delivery]:
+        return [delivery for delivery in self.deliveries if delivery.accepted]
+
+    def attempts_of(self, message_id: str) -> list[Delivery]:
+        return [delivery for delivery in self.deliveries if delivery.message_id == message_id]
+
+    def accepted_to(self, recipient: str) -> list[Delivery]:
+        return [d for d in self.accepted if recipient.lower() in d.recipients]
+
+    async def wait_for(self, predicate, *, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+        """Poll (without blocking the caller's loop) until `predicate(self)` is true."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"relay sink: condition not met in {timeout}s; got {self.deliveries!r}")
+            await asyncio.sleep(0.05)
