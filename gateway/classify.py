@@ -56,13 +56,22 @@ def delivery_status_report(facts: MailFacts) -> bool:
     )
 
 
+def other_machine_report(facts: MailFacts) -> bool:
+    # Read receipts (MDN, RFC 8098) and abuse feedback (ARF) are machine reports as well; never answer them.
+    return _header(facts, "content-type").startswith("multipart/report") and not delivery_status_report(facts)
+
+
 def mailer_daemon(facts: MailFacts) -> bool:
     local = facts.parsed.from_address.partition("@")[0]
     return local in ("mailer-daemon", "postmaster")
 
 
 def null_reverse_path(facts: MailFacts) -> bool:
-    return facts.mail_from == ""
+    if facts.mail_from is not None:
+        # aiosmtpd hands over "MAIL FROM:<>" as "<>"; other producers may write "".
+        return facts.mail_from.strip() in ("", "<>")
+    # Not received over SMTP (IMAP, files): the final delivery recorded the envelope in Return-Path.
+    return "".join((facts.parsed.header("return-path") or "").split()) == "<>"
 
 
 def list_id(facts: MailFacts) -> bool:
@@ -76,6 +85,11 @@ def precedence_bulk(facts: MailFacts) -> bool:
 def auto_submitted(facts: MailFacts) -> bool:
     value = _header(facts, "auto-submitted")
     return bool(value) and value.split(";")[0].strip() != "no"
+
+
+def precedence_auto_reply(facts: MailFacts) -> bool:
+    # Not in RFC 3834, but what many vacation programs set instead of Auto-Submitted.
+    return _header(facts, "precedence") == "auto_reply"
 
 
 def auto_response_suppress(facts: MailFacts) -> bool:
@@ -100,6 +114,8 @@ RULES: tuple[tuple[Callable[[MailFacts], bool], str], ...] = (
     (list_id, "list"),
     (precedence_bulk, "list"),
     (auto_submitted, "auto_reply"),
+    (precedence_auto_reply, "auto_reply"),
+    (other_machine_report, "auto_reply"),
     (auto_response_suppress, "auto_reply"),
     (autoreply_headers, "auto_reply"),
     (from_staff, "staff"),

@@ -15,7 +15,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from gateway.replies import Outgoing, Replies
+from gateway.replies import Outgoing, Replies, conversation
 from gateway.settings import Settings
 from store import journal
 from store.db import reading, transaction
@@ -47,6 +47,8 @@ def auto_close(engine: Engine, *, settings: Settings, replies: Replies) -> int:
         for case in session.exec(statement).all():
             case.status, case.closed_at, case.updated_at = "closed", utcnow(), utcnow()
             session.add(case)
+            # It follows our answer, which went unanswered: thread it under that.
+            in_reply_to, references = conversation(session=session, case=case, answer_latest=True)
             replies.queue(
                 session=session,
                 case=case,
@@ -55,6 +57,8 @@ def auto_close(engine: Engine, *, settings: Settings, replies: Replies) -> int:
                     recipient=case.requester,
                     automatic=True,
                     context={"by_staff": False, "idle_days": settings.auto_close_days},
+                    in_reply_to=in_reply_to,
+                    references=references,
                 ),
             )
             closed += 1

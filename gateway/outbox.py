@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
+from email import policy
+from email.parser import BytesHeaderParser
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
 
-from gateway.relay import PermanentFailure, Relay, TemporaryFailure
+from gateway.relay import PermanentFailure, Relay, TemporaryFailure, attempt_deadline
 from gateway.replies import Outgoing, Replies
 from gateway.settings import Settings
 from store import cases, outbox
@@ -32,7 +36,10 @@ class OutboxWorker:
         self._relay = relay
         self._replies = replies
         self._wake = asyncio.Event()
-        self._lease = timedelta(seconds=settings.relay_timeout_seconds * 3)
+        # Longer than any attempt can take (plus time to record it): a row is claimed again only
+        # once its sender is surely gone, never while an attempt may still be on the wire.
+        timeout = settings.relay_timeout_seconds
+        self._lease = timedelta(seconds=attempt_deadline(timeout) + timeout)
 
     def wake(self) -> None:
         self._wake.set()
@@ -47,23 +54,28 @@ class OutboxWorker:
             except Exception:
                 log.exception("outbox: unexpected error")
             self._wake.clear()
-            try:
-                timeout = await self._seconds_until_due()
-            except OperationalError:
-                timeout = self._settings.outbox_poll_seconds
+            timeout = await self._seconds_until_due()  # before wait() exists: a cancel here leaks nothing
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             except asyncio.TimeoutError:
                 pass
 
     async def _seconds_until_due(self) -> float:
+        """How long to sleep: until the next row is due, at most one poll interval.
+
+        Never raises: the worker must outlive any database trouble, or the outbox would stop for good.
+        """
         poll = self._settings.outbox_poll_seconds
-        due = await asyncio.to_thread(self._next_due)
+        try:
+            due = await asyncio.to_thread(self._next_due)
+        except Exception as error:
+            log.warning("outbox: cannot read the next due time: %s", error)
+            return poll
         if due is None:
             return poll
         return max(0.05, min(poll, (due - utcnow()).total_seconds()))
 
-    def _next_due(self):  # type: ignore[no-untyped-def]
+    def _next_due(self) -> datetime | None:
         with reading(self._engine) as session:
             return outbox.next_due_at(session=session)
 
@@ -97,17 +109,22 @@ class OutboxWorker:
     def _record_sent(self, item_id: int) -> None:
         with transaction(self._engine) as session:
             item = outbox.get_item(session=session, item_id=item_id)
-            if item is None:
-                return
+            if item is None or item.status == "sent":
+                return  # accepted by the relay: true even if another instance reclaimed the row
             item.status, item.sent_at, item.attempts = "sent", utcnow(), item.attempts + 1
             item.claimed_by = item.claimed_until = None
             session.add(item)
             cases.mark_outbound_delivery(session=session, outbox_id=item_id, status="sent")
 
+    def _ours(self, item: OutboxItem | None) -> bool:
+        """Whether this instance still holds the row. A failed attempt must not overwrite what
+        another instance recorded after reclaiming it (it may have sent it meanwhile)."""
+        return item is not None and item.status == "sending" and item.claimed_by == self._settings.instance_name
+
     def _record_temporary(self, item_id: int, error: str) -> None:
         with transaction(self._engine) as session:
             item = outbox.get_item(session=session, item_id=item_id)
-            if item is None:
+            if item is None or not self._ours(item):
                 return
             item.attempts += 1
             item.last_error = error[:2000]
@@ -128,29 +145,50 @@ class OutboxWorker:
     def _record_failed(self, item_id: int, error: str) -> None:
         with transaction(self._engine) as session:
             item = outbox.get_item(session=session, item_id=item_id)
-            if item is not None:
+            if item is not None and self._ours(item):
                 item.attempts += 1
                 self._fail(session, item, error)
 
-    def _fail(self, session, item: OutboxItem, error: str) -> None:  # type: ignore[no-untyped-def]
-        item.status, item.last_error = "failed", error[:2000]
-        item.claimed_by = item.claimed_until = None
-        session.add(item)
-        cases.mark_outbound_delivery(session=session, outbox_id=item.id or 0, status="failed")
-        log.warning("outbox: row %s to %s failed: %s", item.id, item.recipient, error)
-        staff_queue = self._settings.staff_queue_address.lower()
-        case = cases.get_case(session=session, case_id=item.case_id) if item.case_id else None
-        if case is None or item.recipient == staff_queue:
-            return  # a notice about a failed notice to staff would only fail the same way
-        self._replies.queue(
-            session=session,
-            case=case,
-            mail=Outgoing(
-                kind="delivery_failed",
-                recipient=staff_queue,
-                automatic=True,
-                to_staff=True,
-                context={"recipient": item.recipient, "error": error, "original_subject": case.subject},
-                in_reply_to=item.message_id,
-            ),
-        )
+    def _fail(self, session: Session, item: OutboxItem, error: str) -> None:
+        mark_failed(session=session, item=item, error=error, settings=self._settings, replies=self._replies)
+
+
+def mark_failed(*, session: Session, item: OutboxItem, error: str, settings: Settings, replies: Replies) -> None:
+    """Record a permanent failure of `item` (5xx, given up, or bounced later) and tell the staff queue.
+
+    Shared by the worker and the pipeline's bounce handling, so a 550 at sending time and a DSN
+    arriving a day later look the same to staff. Each row is reported once: a row that is already
+    failed is left alone, so repeated bounces of one message do not flood the staff queue.
+    """
+    if item.status == "failed":
+        return
+    item.status, item.last_error = "failed", error[:2000]
+    item.claimed_by = item.claimed_until = None
+    session.add(item)
+    cases.mark_outbound_delivery(session=session, outbox_id=item.id or 0, status="failed")
+    log.warning("outbox: row %s to %s failed: %s", item.id, item.recipient, error)
+    staff_queue = settings.staff_queue_address.lower()
+    case = cases.get_case(session=session, case_id=item.case_id) if item.case_id else None
+    if case is None or item.recipient == staff_queue:
+        return  # a notice about a failed notice to staff would only fail the same way
+    replies.queue(
+        session=session,
+        case=case,
+        mail=Outgoing(
+            kind="delivery_failed",
+            recipient=staff_queue,
+            automatic=True,
+            to_staff=True,
+            context={"recipient": item.recipient, "error": error, "original_subject": _subject_of(item)},
+            in_reply_to=item.message_id,
+        ),
+    )
+
+
+def _subject_of(item: OutboxItem) -> str:
+    """The failed message's own subject ("[#N] Re: …"), which is what staff recognise."""
+    header = BytesHeaderParser(policy=policy.default).parsebytes(item.raw)
+    return _TAG.sub("", str(header.get("Subject", "")), count=1)  # the notice carries the tag itself
+
+
+_TAG = re.compile(r"^\s*\[#[^\]]*\]\s*")

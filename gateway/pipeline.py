@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta, timezone
 
 from sqlalchemy import Engine
@@ -18,8 +18,9 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from gateway.classify import MailFacts, Verdict, classify
-from gateway.parse import ParsedAttachment, ParsedMessage, parse_message
-from gateway.replies import Outgoing, OutgoingAttachment, Replies
+from gateway.outbox import mark_failed
+from gateway.parse import DeliveryReport, ParsedAttachment, ParsedMessage, parse_message
+from gateway.replies import Outgoing, OutgoingAttachment, Replies, conversation, outbound_message
 from gateway.settings import Settings
 from gateway.staff import read_staff_reply
 from gateway.threads import ThreadDecision, decide, subject_case_number
@@ -27,7 +28,7 @@ from gateway.tokens import ReplyAddresses
 from store import cases, directory, journal, outbox
 from store.blobs import BlobStore
 from store.db import reading, transaction
-from store.models import Attachment, Case, JournalEntry, Message, SecurityEvent, utcnow
+from store.models import Attachment, Case, JournalEntry, Message, OutboxItem, SecurityEvent, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,15 @@ class Pipeline:
             entry.case_id = original.case_id
             journal.finish(session=session, entry=entry, status="duplicate", reason=f"duplicate of #{original.id}")
             return "duplicate"
+        if inbound.verdict.kind == "loop" and message_id is not None:
+            ours = outbox.find_by_message_id(session=session, message_id=message_id)
+            if ours is not None:
+                # One of our own messages came back (a forwarding rule, a misconfigured MTA). The
+                # case already holds it as sent; storing it again would open a case for ourselves.
+                entry.case_id = ours.case_id
+                journal.finish(session=session, entry=entry, status="duplicate",
+                               reason=f"our own outgoing message (outbox #{ours.id}) came back")
+                return "duplicate"
 
         is_staff = inbound.verdict.kind == "staff"
         decision = decide(
@@ -166,6 +176,10 @@ class Pipeline:
             # It answers something we cannot find yet, and mail acknowledged before it is still
             # being processed (by another instance, perhaps): wait for that rather than split.
             raise Deferred("waiting for earlier messages of the thread")
+        if inbound.verdict.automatic and decision.case is None and decision.follows_case is not None:
+            # A bounce or an out-of-office about an old closed case is not a new request: keep it
+            # with that case (automatic mail never changes a case's status) instead of opening one.
+            decision = replace(decision, case=decision.follows_case, follows_case=None)
         if is_staff and decision.case is not None and (
             decision.via == "staff_token" or entry.meta.get("authenticated")
         ):
@@ -302,15 +316,13 @@ class Pipeline:
 
     def _record_bounce(self, session: Session, inbound: Inbound) -> None:
         report = inbound.parsed.delivery_report
-        if report is None or not report.original_message_id:
-            return
+        if report is None or not report.original_message_id or not _reports_failure(report):
+            return  # "delayed", "delivered", "relayed": the message may still arrive
         item = outbox.find_by_message_id(session=session, message_id=report.original_message_id)
         if item is None:
             return
-        item.status = "failed"
-        item.last_error = f"bounced: {report.status} {report.diagnostic}".strip()
-        session.add(item)
-        cases.mark_outbound_delivery(session=session, outbox_id=item.id or 0, status="failed")
+        error = f"bounced: {report.status} {report.diagnostic}".strip()
+        mark_failed(session=session, item=item, error=error, settings=self._settings, replies=self._replies)
 
     # --- staff replies -------------------------------------------------------------------------
 
@@ -321,32 +333,63 @@ class Pipeline:
             case.category = reply.category
         if reply.note or not reply.body:
             note = self._store_inbound(session, inbound, case, direction="note")
+            note.text = reply.text  # the staff member's own lines, not the quoted notification
             self._attachments(session, inbound, note)
         if not reply.note and reply.body:
-            self._replies.queue(
-                session=session,
-                case=case,
-                mail=Outgoing(
-                    kind="staff_reply",
-                    recipient=case.requester,
-                    automatic=False,
-                    source="staff",
-                    context={"body": reply.body, "staff_name": inbound.parsed.from_name},
-                    in_reply_to=self._latest_customer_message_id(session, case),
-                    attachments=self._forwardable(inbound.parsed.attachments),
-                ),
-            )
+            self._send_staff_answer(session, inbound, case, reply.body)
             case.status = "answered"
         if reply.reopen:
             case.status, case.closed_at = "open", None
         if reply.close:
             if not reply.body and not reply.note:
-                self._queue(session, case, inbound, "closed", {"by_staff": True, "idle_days": 0},
-                            recipient=case.requester, automatic=False)
+                self._to_customer(session, case, "closed", {"by_staff": True, "idle_days": 0})
             case.status, case.closed_at = "closed", now
         inbound.entry.case_id = case.id
         case.updated_at = now
         session.add(case)
+
+    def _send_staff_answer(self, session: Session, inbound: Inbound, case: Case, body: str) -> None:
+        item = self._to_customer(
+            session,
+            case,
+            "staff_reply",
+            {"body": body, "staff_name": inbound.parsed.from_name},
+            attachments=self._forwardable(inbound.parsed.attachments),
+        )
+        answer = outbound_message(session=session, outbox_id=item.id or 0) if item else None
+        if answer is not None:
+            # The case keeps the staff member's files with the answer (the panel shows them);
+            # one over the limit is recorded as refused, as it was not sent either.
+            self._attachments(session, inbound, answer)
+
+    def _to_customer(
+        self,
+        session: Session,
+        case: Case,
+        kind: str,
+        context: dict[str, object],
+        *,
+        attachments: tuple[OutgoingAttachment, ...] = (),
+    ) -> OutboxItem | None:
+        """A staff-caused mail to the requester, threaded under the customer's side of the case.
+
+        Not under the staff member's message: the customer never saw that one.
+        """
+        in_reply_to, references = conversation(session=session, case=case)
+        return self._replies.queue(
+            session=session,
+            case=case,
+            mail=Outgoing(
+                kind=kind,
+                recipient=case.requester,
+                automatic=False,
+                source="staff",
+                context=context,
+                in_reply_to=in_reply_to,
+                references=references,
+                attachments=attachments,
+            ),
+        )
 
     def _forwardable(self, parts: tuple[ParsedAttachment, ...]) -> tuple[OutgoingAttachment, ...]:
         limit = self._settings.max_attachment_bytes
@@ -355,12 +398,6 @@ class Pipeline:
             for p in parts
             if p.size <= limit
         )
-
-    def _latest_customer_message_id(self, session: Session, case: Case) -> str | None:
-        for message in reversed(cases.case_messages(session=session, case_id=case.id or 0)):
-            if message.direction == "inbound" and not message.auto_generated:
-                return message.message_id
-        return None
 
     # --- replies caused by a customer message --------------------------------------------------
 
@@ -424,6 +461,11 @@ class Pipeline:
                 attachments=forwarded,
             ),
         )
+
+
+def _reports_failure(report: DeliveryReport) -> bool:
+    # Some MTAs leave Action out; a permanent (5.x.x) status then says the same.
+    return report.action == "failed" or (not report.action and report.status.startswith("5"))
 
 
 def _message_source(journal_source: str) -> str:

@@ -17,6 +17,16 @@ from urllib.parse import urlparse
 import aiosmtplib
 
 
+# aiosmtplib's timeout bounds each step of a send (connect, EHLO, MAIL, RCPT, DATA, QUIT); a whole
+# attempt is bounded as well, so that it always ends before the outbox lease guarding it runs out.
+STEPS_PER_ATTEMPT = 6
+
+
+def attempt_deadline(timeout: float) -> float:
+    """The longest one delivery attempt may take with a per-step `timeout`."""
+    return timeout * STEPS_PER_ATTEMPT
+
+
 class TemporaryFailure(Exception):
     pass
 
@@ -61,15 +71,18 @@ class SmtpRelay:
 
     async def send(self, *, raw: bytes, mail_from: str, recipient: str, key: str) -> None:
         try:
-            await aiosmtplib.send(
-                raw,
-                sender=mail_from,
-                recipients=[recipient],
-                hostname=self._host,
-                port=self._port,
-                timeout=self._timeout,
-                start_tls=False,
-                use_tls=False,
+            await asyncio.wait_for(
+                aiosmtplib.send(
+                    raw,
+                    sender=mail_from,
+                    recipients=[recipient],
+                    hostname=self._host,
+                    port=self._port,
+                    timeout=self._timeout,
+                    start_tls=False,
+                    use_tls=False,
+                ),
+                timeout=attempt_deadline(self._timeout),
             )
         except aiosmtplib.SMTPRecipientsRefused as error:
             codes = [refusal.code for refusal in error.recipients]

@@ -17,7 +17,7 @@ from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from gateway.classify import LOOP_HEADER
 from gateway.settings import Settings
@@ -49,6 +49,40 @@ class Outgoing:
     to_staff: bool = False  # Reply-To is the staff reply address, and it is not a case message
     attachments: Sequence[OutgoingAttachment] = field(default_factory=tuple)
     source: str = "system"  # system | staff: how the stored case message is labelled
+
+
+def _reference_chain(mail: Outgoing) -> list[str]:
+    chain = list(dict.fromkeys(mid for mid in (*mail.references, mail.in_reply_to) if mid))
+    if len(chain) > MAX_REFERENCES:
+        # RFC 5322 §3.6.4: keep the first (the thread's root, which clients thread by) and the latest.
+        chain = [chain[0], *chain[-(MAX_REFERENCES - 1) :]]
+    return chain
+
+
+def conversation(*, session: Session, case: Case, answer_latest: bool = False) -> tuple[str | None, tuple[str, ...]]:
+    """(In-Reply-To, References) for a new mail to the customer of `case`.
+
+    It answers the customer's latest own message (with `answer_latest`, or when they have none,
+    the latest message they have seen, ours included); the references are what the customer has
+    seen of the case up to it, oldest first. Notes, automatic mail that reached us and staff
+    messages are not part of the customer's thread.
+    """
+    seen = [
+        message
+        for message in cases.case_messages(session=session, case_id=case.id or 0)
+        if message.direction == "outbound" or (message.direction == "inbound" and not message.auto_generated)
+    ]
+    latest = seen[-1] if seen else None
+    parent = latest if answer_latest else next((m for m in reversed(seen) if m.direction == "inbound"), latest)
+    if parent is None:
+        return None, ()
+    before = seen[: seen.index(parent)]
+    return parent.message_id, tuple(message.message_id for message in before)
+
+
+def outbound_message(*, session: Session, outbox_id: int) -> Message | None:
+    """The case message that carries outbox row `outbox_id` (None for mail to staff)."""
+    return session.exec(select(Message).where(Message.outbox_id == outbox_id)).first()
 
 
 class Replies:
@@ -139,8 +173,7 @@ class Replies:
         message["Reply-To"] = formataddr((self._settings.support_name, reply_to))
         if mail.in_reply_to:
             message["In-Reply-To"] = f"<{mail.in_reply_to}>"
-            chain = [*mail.references, mail.in_reply_to][-MAX_REFERENCES:]
-            message["References"] = " ".join(f"<{mid}>" for mid in dict.fromkeys(chain))
+            message["References"] = " ".join(f"<{mid}>" for mid in _reference_chain(mail))
         if mail.automatic:
             message["Auto-Submitted"] = "auto-replied"
         message["X-Auto-Response-Suppress"] = "All"

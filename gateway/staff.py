@@ -16,6 +16,7 @@ _COMMAND = re.compile(r"^#(close|open|note|category)\b[ \t]*(.*)$", re.IGNORECAS
 @dataclass(frozen=True)
 class StaffReply:
     body: str  # what the customer gets, quotes and command lines removed
+    text: str  # the staff member's own lines, commands included (what a note keeps)
     close: bool = False
     reopen: bool = False
     note: bool = False
@@ -23,7 +24,8 @@ class StaffReply:
 
 
 def read_staff_reply(text: str) -> StaffReply:
-    lines = strip_quoted_reply(text).splitlines()
+    own = strip_quoted_reply(text)
+    lines = own.splitlines()
     close = reopen = note = False
     category: str | None = None
     index = 0
@@ -43,4 +45,4 @@ def read_staff_reply(text: str) -> StaffReply:
             category = argument[:100]
         index += 1
     body = "\n".join(lines[index:]).strip()
-    return StaffReply(body=body, close=close, reopen=reopen, note=note, category=category)
+    return StaffReply(body=body, text=own.strip(), close=close, reopen=reopen, note=note, category=category)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 
@@ -196,7 +197,7 @@ class RelaySink:
     def accepted_to(self, recipient: str) -> list[Delivery]:
         return [d for d in self.accepted if recipient.lower() in d.recipients]
 
-    async def wait_for(self, predicate, *, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    async def wait_for(self, predicate: Callable[[RelaySink], bool], *, timeout: float = 30.0) -> None:
         """Poll (without blocking the caller's loop) until `predicate(self)` is true."""
         deadline = time.monotonic() + timeout
         while not predicate(self):
