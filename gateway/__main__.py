@@ -123,7 +123,7 @@ async def _ingest_all(settings, messages, outcomes: Counter[str], total: int | N
     from gateway.service import Components
 
     components = await asyncio.to_thread(Components.build, settings)
-    intake = Intake(components.engine, instance_name=f"{settings.instance_name}-ingest")
+    intake = Intake(components.journal_engine, instance_name=f"{settings.instance_name}-ingest")
     meta = {"quiet": True} if quiet else {}
     with _progress(total) as advance:
         batch: list[tuple[str, bytes]] = []
@@ -133,7 +133,7 @@ async def _ingest_all(settings, messages, outcomes: Counter[str], total: int | N
                 await _ingest_batch(components, intake, batch, meta, outcomes, advance)
                 batch = []
         await _ingest_batch(components, intake, batch, meta, outcomes, advance)
-    components.engine.dispose()
+    components.dispose()
 
 
 async def _ingest_batch(components, intake, batch, meta, outcomes, advance) -> None:  # type: ignore[no-untyped-def]
@@ -249,10 +249,12 @@ def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _quarantine_list(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.service import Components
     from store import journal
     from store.db import reading
 
-    with reading(_read_engine(settings)) as session:
+    components = Components.build(settings)
+    with reading(components.journal_engine) as session:
         rows = [
             {
                 "id": entry.id,
@@ -281,7 +283,7 @@ def _quarantine_retry(settings: Settings, args: argparse.Namespace) -> int:
         print("give either an ID or --all", file=sys.stderr)
         return 2
     components = Components.build(settings)
-    with transaction(components.engine) as session:
+    with transaction(components.journal_engine) as session:
         ids = journal.requeue_quarantined(session=session, journal_id=None if args.all else args.id)
     outcomes = Counter(components.pipeline.process(journal_id) for journal_id in ids)
     print(f"retried {len(ids)}: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))

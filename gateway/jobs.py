@@ -68,6 +68,7 @@ def auto_close(engine: Engine, *, settings: Settings, replies: Replies) -> int:
 def build_scheduler(
     *,
     engine: Engine,
+    journal_engine: Engine,
     settings: Settings,
     replies: Replies,
     submit: Callable[[list[int]], None],
@@ -76,7 +77,7 @@ def build_scheduler(
     scheduler = AsyncIOScheduler(timezone="UTC")
 
     async def replay() -> None:
-        ids = await asyncio.to_thread(pending_journal_ids, engine, older_than_seconds=10)
+        ids = await asyncio.to_thread(pending_journal_ids, journal_engine, older_than_seconds=10)
         if ids:
             log.info("replaying %d pending journal entries", len(ids))
             submit(ids)

@@ -46,7 +46,7 @@ from gateway.panel_upload import (
     UnsupportedForm,
     read_form,
 )
-from store import cases, directory, journal
+from store import cases, directory, journal, processed
 from store import panel as panel_store
 from store.db import reading
 from store.models import Case, Contact
@@ -182,12 +182,17 @@ def _reply_target(engine: Engine, identity: PanelIdentity, number: str) -> tuple
     return case, references, own.name if own else ""
 
 
-def _placement(engine: Engine, journal_id: int) -> Submitted:
-    with reading(engine) as session:
+def _placement(components: Components, journal_id: int) -> Submitted:
+    # The journal first: once it says done, the case is committed (in the same transaction, or
+    # in the one before), so reading in this order never sees "done" without its case.
+    with reading(components.journal_engine) as session:
         entry = journal.get_entry(session=session, journal_id=journal_id)
-        if entry is None:
-            return Submitted(number=None, status="pending")
-        case = cases.get_case(session=session, case_id=entry.case_id) if entry.case_id else None
+    if entry is None or entry.status in ("pending", "quarantined"):
+        return Submitted(number=None, status="pending" if entry is None else entry.status)
+    with reading(components.engine) as session:
+        finished = processed.get_processed(session=session, journal_id=journal_id)
+        case_id = finished.case_id if finished else None
+        case = cases.get_case(session=session, case_id=case_id) if case_id else None
         return Submitted(number=case.number if case else None, status=entry.status)
 
 
@@ -205,7 +210,7 @@ async def _submit(
     loop = asyncio.get_running_loop()
     deadline, delay = loop.time() + PLACEMENT_TIMEOUT_SECONDS, 0.01
     while True:
-        placed = await asyncio.to_thread(_placement, components.engine, receipt.journal_id)
+        placed = await asyncio.to_thread(_placement, components, receipt.journal_id)
         if placed.status != "pending" or loop.time() >= deadline:
             return placed
         await asyncio.sleep(delay)

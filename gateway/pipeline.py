@@ -25,10 +25,19 @@ from gateway.settings import Settings
 from gateway.staff import read_staff_reply
 from gateway.threads import ThreadDecision, decide, subject_case_number
 from gateway.tokens import ReplyAddresses
-from store import cases, directory, journal, outbox
+from store import cases, directory, journal, outbox, processed
 from store.blobs import BlobStore
 from store.db import reading, transaction
-from store.models import Attachment, Case, JournalEntry, Message, OutboxItem, SecurityEvent, utcnow
+from store.models import (
+    Attachment,
+    Case,
+    JournalEntry,
+    Message,
+    OutboxItem,
+    ProcessedEntry,
+    SecurityEvent,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +86,16 @@ class Pipeline:
         self,
         *,
         engine: Engine,
+        journal_engine: Engine,
         settings: Settings,
         blobs: BlobStore,
         replies: Replies,
         addresses: ReplyAddresses,
     ) -> None:
         self._engine = engine
+        self._journal = journal_engine
+        # PostgreSQL: the journal is a table of the same database, marked in the same transaction.
+        self._shared_journal = journal_engine is engine
         self._settings = settings
         self._blobs = blobs
         self._replies = replies
@@ -93,16 +106,25 @@ class Pipeline:
     def process(self, journal_id: int) -> str:
         """Process one entry; returns done | duplicate | skipped | quarantined | deferred."""
         try:
-            with reading(self._engine) as session:
+            with reading(self._journal) as session:
                 entry = journal.get_entry(session=session, journal_id=journal_id)
             if entry is None or entry.status != "pending":
                 return "skipped"
             parsed = parse_message(entry.raw)  # outside the write transaction: it can be slow
             with transaction(self._engine) as session:
-                claimed = journal.claim_pending(session=session, journal_id=journal_id)
-                if claimed is None:
-                    return "skipped"
-                return self._handle(session, self._inbound(claimed, parsed))
+                if self._shared_journal and journal.claim_pending(session=session, journal_id=journal_id) is None:
+                    return "skipped"  # another instance has it right now
+                finished = processed.get_processed(session=session, journal_id=journal_id)
+                if finished is None:
+                    finished = self._handle(session, self._inbound(entry, parsed))
+                    processed.record_processed(session=session, entry=finished)
+                # else: done before a crash that came between this commit and the journal's
+                if self._shared_journal:
+                    self._mark_journal(session, finished)
+            if not self._shared_journal:
+                with transaction(self._journal) as journal_session:
+                    self._mark_journal(journal_session, finished)
+            return finished.outcome
         except OperationalError as error:
             log.warning("journal entry %s deferred, database unavailable: %s", journal_id, error)
             return "deferred"
@@ -113,9 +135,20 @@ class Pipeline:
             self._quarantine(journal_id, f"{type(error).__name__}: {error}")
             return "quarantined"
 
+    @staticmethod
+    def _mark_journal(session: Session, finished: ProcessedEntry) -> None:
+        reason = f"duplicate of #{finished.duplicate_of}" if finished.duplicate_of else None
+        journal.finish(session=session, journal_id=finished.journal_id, status=finished.outcome, reason=reason)
+
+    def _older_pending(self, session: Session, journal_id: int) -> bool:
+        if self._shared_journal:
+            return journal.has_older_pending(session=session, journal_id=journal_id)
+        with reading(self._journal) as journal_session:
+            return journal.has_older_pending(session=journal_session, journal_id=journal_id)
+
     def _quarantine(self, journal_id: int, reason: str) -> None:
         try:
-            with transaction(self._engine) as session:
+            with transaction(self._journal) as session:
                 journal.quarantine(session=session, journal_id=journal_id, reason=reason)
         except OperationalError as error:
             log.warning("could not quarantine entry %s (stays pending): %s", journal_id, error)
@@ -137,26 +170,30 @@ class Pipeline:
 
     # --- the decisions -------------------------------------------------------------------------
 
-    def _handle(self, session: Session, inbound: Inbound) -> str:
+    def _handle(self, session: Session, inbound: Inbound) -> ProcessedEntry:
         entry, parsed = inbound.entry, inbound.parsed
         message_id = None if parsed.message_id_synthesised else parsed.message_id
-        entry.message_id, entry.sender = parsed.message_id, inbound.sender
-        original = journal.find_processed_duplicate(
-            session=session, entry=entry, message_id=message_id, sender=inbound.sender
+        finished = ProcessedEntry(
+            journal_id=entry.id or 0,
+            outcome="done",
+            raw_sha256=entry.raw_sha256,
+            message_id=parsed.message_id,
+            sender=inbound.sender,
+        )
+        original = processed.find_original(
+            session=session, raw_sha256=entry.raw_sha256, message_id=message_id, sender=inbound.sender
         )
         if original is not None:
-            entry.case_id = original.case_id
-            journal.finish(session=session, entry=entry, status="duplicate", reason=f"duplicate of #{original.id}")
-            return "duplicate"
+            finished.outcome, finished.case_id = "duplicate", original.case_id
+            finished.duplicate_of = original.journal_id
+            return finished
         if inbound.verdict.kind == "loop" and message_id is not None:
             ours = outbox.find_by_message_id(session=session, message_id=message_id)
             if ours is not None:
                 # One of our own messages came back (a forwarding rule, a misconfigured MTA). The
                 # case already holds it as sent; storing it again would open a case for ourselves.
-                entry.case_id = ours.case_id
-                journal.finish(session=session, entry=entry, status="duplicate",
-                               reason=f"our own outgoing message (outbox #{ours.id}) came back")
-                return "duplicate"
+                finished.outcome, finished.case_id = "duplicate", ours.case_id
+                return finished
 
         is_staff = inbound.verdict.kind == "staff"
         decision = decide(
@@ -170,9 +207,7 @@ class Pipeline:
             reopen_window=timedelta(days=self._settings.reopen_window_days),
             now=utcnow(),
         )
-        if decision.case is None and _has_thread_hints(parsed) and journal.has_older_pending(
-            session=session, journal_id=entry.id or 0
-        ):
+        if decision.case is None and _has_thread_hints(parsed) and self._older_pending(session, entry.id or 0):
             # It answers something we cannot find yet, and mail acknowledged before it is still
             # being processed (by another instance, perhaps): wait for that rather than split.
             raise Deferred("waiting for earlier messages of the thread")
@@ -184,12 +219,12 @@ class Pipeline:
             decision.via == "staff_token" or entry.meta.get("authenticated")
         ):
             self._staff_reply(session, inbound, decision.case)
+            finished.case_id = decision.case.id
         else:
-            self._customer_message(session, inbound, decision)
-        journal.finish(session=session, entry=entry, status="done")
-        return "done"
+            finished.case_id = self._customer_message(session, inbound, decision).id
+        return finished
 
-    def _customer_message(self, session: Session, inbound: Inbound, decision: ThreadDecision) -> None:
+    def _customer_message(self, session: Session, inbound: Inbound, decision: ThreadDecision) -> Case:
         parsed, verdict = inbound.parsed, inbound.verdict
         case = decision.case
         is_new = case is None
@@ -203,7 +238,7 @@ class Pipeline:
         if verdict.kind == "bounce":
             self._record_bounce(session, inbound)
         if verdict.automatic or direction == "note" or inbound.entry.meta.get("quiet"):
-            return  # never answer automatic mail, internal notes, or imported old correspondence
+            return case  # never answer automatic mail, internal notes, or imported old correspondence
         if decision.refused_case is not None:
             self._queue(session, case, inbound, "stranger_split", {})
         elif is_new:
@@ -211,6 +246,7 @@ class Pipeline:
         if refused:
             self._queue_refused_notice(session, case, inbound, refused)
         self._notify_staff(session, case, inbound, is_new=is_new, refused=refused)
+        return case
 
     def _open_case(self, session: Session, inbound: Inbound, decision: ThreadDecision) -> Case:
         parsed = inbound.parsed
@@ -276,7 +312,6 @@ class Pipeline:
             case_id=case.id or 0,
             emails=[a for a in (parsed.from_address, *parsed.to, *parsed.cc) if a and not own(a)],
         )
-        entry.case_id = case.id
         return message
 
     def _attachments(self, session: Session, inbound: Inbound, message: Message) -> list[Attachment]:
@@ -344,7 +379,6 @@ class Pipeline:
             if not reply.body and not reply.note:
                 self._to_customer(session, case, "closed", {"by_staff": True, "idle_days": 0})
             case.status, case.closed_at = "closed", now
-        inbound.entry.case_id = case.id
         case.updated_at = now
         session.add(case)
 

@@ -37,6 +37,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 class Components:
     settings: Settings
     engine: Engine
+    journal_engine: Engine  # the same engine on PostgreSQL; see store.db.journal_engine_for
     blobs: BlobStore
     addresses: ReplyAddresses
     replies: Replies
@@ -46,8 +47,11 @@ class Components:
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool | None = None) -> Components:
         engine = db.make_engine(settings.database_url)
+        journal_engine = db.journal_engine_for(engine, settings.data_dir)
         if settings.auto_migrate if migrate is None else migrate:
             db.upgrade(engine)
+            if journal_engine is not engine:
+                db.upgrade(journal_engine)
         with db.transaction(engine) as session:
             signing_secret = settings.signing_secret or get_or_create_secret(session=session, key="signing_secret")
             panel_secret = settings.panel_secret or get_or_create_secret(session=session, key="panel_secret")
@@ -59,8 +63,19 @@ class Components:
         )
         replies = Replies(settings=settings, templates=templates, addresses=addresses)
         blobs = make_blob_store(settings.blob_store, settings.data_dir)
-        pipeline = Pipeline(engine=engine, settings=settings, blobs=blobs, replies=replies, addresses=addresses)
-        return cls(settings, engine, blobs, addresses, replies, pipeline, panel_secret)
+        pipeline = Pipeline(
+            engine=engine,
+            journal_engine=journal_engine,
+            settings=settings,
+            blobs=blobs,
+            replies=replies,
+            addresses=addresses,
+        )
+        return cls(settings, engine, journal_engine, blobs, addresses, replies, pipeline, panel_secret)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        self.journal_engine.dispose()
 
 
 class PipelineRunner:
@@ -124,11 +139,13 @@ class Gateway:
         relay = make_relay(settings.relay_url, timeout=settings.relay_timeout_seconds)
         self.outbox = OutboxWorker(engine=components.engine, settings=settings, relay=relay, replies=components.replies)
         self.runner = PipelineRunner(components.pipeline, on_done=self.outbox.wake)
-        self.intake = Intake(components.engine, instance_name=settings.instance_name, on_journaled=self.runner.submit)
+        self.intake = Intake(
+            components.journal_engine, instance_name=settings.instance_name, on_journaled=self.runner.submit
+        )
         self._spawn(self.runner.run(), "pipeline")
         self._spawn(self.outbox.run(), "outbox")
         # Whatever was acknowledged before a crash and not processed yet goes first.
-        self.runner.submit(await asyncio.to_thread(pending_journal_ids, components.engine, older_than_seconds=0))
+        self.runner.submit(await asyncio.to_thread(pending_journal_ids, components.journal_engine, older_than_seconds=0))
         self.pollers = self._build_pollers()
         for poller in self.pollers:
             self._spawn(poller.run(), f"imap-{poller.mailbox.name}")
@@ -136,6 +153,7 @@ class Gateway:
         self.http_server = await build_http_server(self)
         self._scheduler = build_scheduler(
             engine=components.engine,
+            journal_engine=components.journal_engine,
             settings=settings,
             replies=components.replies,
             submit=self.runner.submit,
@@ -207,4 +225,4 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if self.components is not None:
-            self.components.engine.dispose()
+            self.components.dispose()

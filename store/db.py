@@ -56,6 +56,15 @@ def make_engine(database_url: str) -> Engine:
     return engine
 
 
+def journal_engine_for(engine: Engine, data_dir: Path) -> Engine:
+    """Where the journal lives: with SQLite, a database file of its own in the data directory, so
+    that journaling (and so acknowledging) never waits for the pipeline's write lock; with
+    PostgreSQL, which locks rows rather than the whole database, the same database."""
+    if not is_sqlite(engine):
+        return engine
+    return make_engine(f"sqlite:///{data_dir / 'journal.db'}")
+
+
 @contextlib.contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """A session whose work is committed on success and rolled back on any exception."""

@@ -32,26 +32,6 @@ def claim_pending(*, session: Session, journal_id: int) -> JournalEntry | None:
     return session.exec(statement).first()
 
 
-def find_processed_duplicate(
-    *, session: Session, entry: JournalEntry, message_id: str | None, sender: str
-) -> JournalEntry | None:
-    """An earlier entry already processed with the same raw bytes, or Message-ID from the sender."""
-    done = JournalEntry.status == "done"
-    statement = select(JournalEntry).where(
-        JournalEntry.raw_sha256 == entry.raw_sha256, JournalEntry.id != entry.id, done
-    )
-    found = session.exec(statement).first()
-    if found is not None or not message_id:
-        return found
-    statement = select(JournalEntry).where(
-        JournalEntry.message_id == message_id,
-        JournalEntry.sender == sender,
-        JournalEntry.id != entry.id,
-        done,
-    )
-    return session.exec(statement).first()
-
-
 def has_older_pending(*, session: Session, journal_id: int) -> bool:
     """Whether an entry acknowledged before this one still waits to be processed (anywhere)."""
     statement = select(JournalEntry.id).where(
@@ -60,12 +40,13 @@ def has_older_pending(*, session: Session, journal_id: int) -> bool:
     return session.exec(statement.limit(1)).first() is not None
 
 
-def finish(*, session: Session, entry: JournalEntry, status: str, reason: str | None = None) -> None:
-    entry.status = status
-    entry.reason = reason
-    entry.attempts += 1
-    entry.processed_at = utcnow()
-    session.add(entry)
+def finish(*, session: Session, journal_id: int, status: str, reason: str | None = None) -> None:
+    """Mark a pending entry done or duplicate (a no-op if it is not pending any more)."""
+    session.execute(
+        update(JournalEntry)
+        .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == "pending")
+        .values(status=status, reason=reason, attempts=JournalEntry.attempts + 1, processed_at=utcnow())
+    )
 
 
 def quarantine(*, session: Session, journal_id: int, reason: str) -> None:

@@ -44,13 +44,15 @@ class Contact(SQLModel, table=True):
 
 
 class JournalEntry(SQLModel, table=True):
-    """Raw bytes exactly as received; written and committed before anything is acknowledged."""
+    """Raw bytes exactly as received; written and committed before anything is acknowledged.
+
+    With SQLite the journal is a database file of its own (GATEWAY_DATA_DIR/journal.db), so that
+    acknowledging never waits for the pipeline's write lock; with PostgreSQL it is this table in
+    the one shared database. Either way nothing here refers to the other tables.
+    """
 
     __tablename__ = "journal_entry"
-    __table_args__ = (
-        Index("ix_journal_entry_status_id", "status", "id"),
-        Index("ix_journal_entry_msgid_sender", "message_id", "sender"),
-    )
+    __table_args__ = (Index("ix_journal_entry_status_id", "status", "id"),)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     source: str = Field(max_length=10)  # smtp | imap | panel | file
@@ -67,10 +69,27 @@ class JournalEntry(SQLModel, table=True):
     attempts: int = 0
     processed_at: Optional[datetime] = None
     received_by: str = Field(default="", max_length=200)  # instance that acknowledged it
-    # Filled when processed: what duplicates are recognised by (with raw_sha256).
+
+
+class ProcessedEntry(SQLModel, table=True):
+    """A journal entry the pipeline has finished, written in the same transaction as its effects.
+
+    It makes processing idempotent when the journal lives in another database (a crash between
+    the two commits only means the entry is marked done again later), and it is what duplicates
+    are recognised by: the same raw bytes, or the same Message-ID from the same sender.
+    """
+
+    __tablename__ = "processed_entry"
+    __table_args__ = (Index("ix_processed_entry_msgid_sender", "message_id", "sender"),)
+
+    journal_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    outcome: str = Field(max_length=12)  # done | duplicate
+    raw_sha256: str = Field(index=True, max_length=64)
     message_id: Optional[str] = Field(default=None, max_length=998)
     sender: Optional[str] = Field(default=None, max_length=320)
     case_id: Optional[int] = Field(default=None, foreign_key="support_case.id")
+    duplicate_of: Optional[int] = None  # journal id of the original
+    processed_at: datetime = Field(default_factory=utcnow)
 
 
 # --- cases and their messages ---------------------------------------------------------------------
@@ -121,7 +140,7 @@ class Message(SQLModel, table=True):
 
     id: Optional[int] = Field(default=None, primary_key=True)
     case_id: int = Field(foreign_key="support_case.id", index=True)
-    journal_id: Optional[int] = Field(default=None, foreign_key="journal_entry.id")
+    journal_id: Optional[int] = Field(default=None, index=True)  # the journal may be another database
     direction: str = Field(max_length=10)  # inbound | outbound | note
     source: str = Field(max_length=10)  # smtp | imap | panel | staff | system | file
     message_id: str = Field(index=True, max_length=998)  # without angle brackets
@@ -176,7 +195,7 @@ class SecurityEvent(SQLModel, table=True):
     sender: str = Field(default="", max_length=320)
     target_case_id: Optional[int] = Field(default=None, foreign_key="support_case.id")
     new_case_id: Optional[int] = Field(default=None, foreign_key="support_case.id")
-    journal_id: Optional[int] = Field(default=None, foreign_key="journal_entry.id")
+    journal_id: Optional[int] = None
     detail: str = Field(default="", sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
 

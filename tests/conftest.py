@@ -157,11 +157,12 @@ async def send(
 async def settle(gateway: Gateway, *, timeout: float = 30.0, outbox: bool = False) -> None:
     """Wait until every journal entry is processed (and, with outbox=True, every mail sent)."""
     assert gateway.components is not None
-    engine = gateway.components.engine
+    engine, journal_engine = gateway.components.engine, gateway.components.journal_engine
 
     def busy() -> bool:
-        with reading(engine) as session:
+        with reading(journal_engine) as session:
             pending = session.exec(select(func.count()).where(JournalEntry.status == "pending")).one()
+        with reading(engine) as session:
             queued = 0
             if outbox:
                 queued = session.exec(

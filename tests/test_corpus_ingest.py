@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import select
 
 from store.db import make_engine, reading
-from store.models import JournalEntry
+from store.models import ProcessedEntry
 
 from tests.conftest import CORPUS, REPO
 
@@ -57,8 +57,8 @@ def test_every_corpus_message_is_stored_exactly_or_quarantined(tmp_path: Path, d
     engine = make_engine(database_url)
     with reading(engine) as session:
         duplicates = {
-            entry.raw_sha256: session.get(JournalEntry, int(entry.reason.rsplit("#", 1)[1])).raw_sha256
-            for entry in session.exec(select(JournalEntry).where(JournalEntry.status == "duplicate"))
+            entry.raw_sha256: session.get(ProcessedEntry, entry.duplicate_of).raw_sha256
+            for entry in session.exec(select(ProcessedEntry).where(ProcessedEntry.outcome == "duplicate"))
         }
     engine.dispose()
     unaccounted = []

@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import func
 from sqlmodel import select
 
-from store.db import make_engine, reading
+from store.db import journal_engine_for, make_engine, reading
 from store.models import JournalEntry
 
 from tests.conftest import REPO, SUPPORT, free_port, make_mail
@@ -90,7 +90,7 @@ def test_sigkill_while_streaming_loses_no_acknowledged_message(tmp_path: Path, d
     process.wait(10)
     assert len(acknowledged) >= 150
     # The pipeline trails the acknowledgements, so the kill leaves work only replay can finish.
-    engine = make_engine(database_url)
+    engine = journal_engine_for(make_engine(database_url), tmp_path / "data")
     with reading(engine) as session:
         pending = session.exec(select(func.count()).where(JournalEntry.status == "pending")).one()
     engine.dispose()

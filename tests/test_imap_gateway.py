@@ -113,7 +113,7 @@ async def _wait_for_journal_entries(gateway: Gateway, count: int, timeout: float
 
     deadline = time.monotonic() + timeout
     while True:
-        with reading(gateway.components.engine) as session:
+        with reading(gateway.components.journal_engine) as session:
             if session.exec(select(func.count()).select_from(JournalEntry)).one() >= count:
                 return
         assert time.monotonic() < deadline

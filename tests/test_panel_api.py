@@ -107,7 +107,7 @@ async def staff_reply(gateway: Gateway, settings: Settings, number: str, body: s
 
 def journal_count(gateway: Gateway) -> int:
     assert gateway.components is not None
-    with reading(gateway.components.engine) as session:
+    with reading(gateway.components.journal_engine) as session:
         return session.exec(select(func.count()).select_from(JournalEntry)).one()
 
 
@@ -204,7 +204,7 @@ async def test_form_message_enters_the_pipeline_like_smtp_mail(client, settings,
     assert [(a["filename"], a["size"]) for a in inbound["attachments"]] == [("zrzut ekranu.pdf", len(pdf))]
 
     assert gateway.components is not None
-    with reading(gateway.components.engine) as session:
+    with reading(gateway.components.journal_engine) as session:
         [entry] = session.exec(select(JournalEntry)).all()
     assert entry.source == "panel" and entry.status == "done"
     assert entry.meta["panel"] == {"account": "A", "service": "a-www", "category": "hosting", "case": None,

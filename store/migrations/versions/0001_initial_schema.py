@@ -41,6 +41,25 @@ def upgrade() -> None:
     sa.Column('updated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('mailbox')
     )
+    op.create_table('journal_entry',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
+    sa.Column('raw', sa.LargeBinary(), nullable=False),
+    sa.Column('raw_sha256', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('size', sa.Integer(), nullable=False),
+    sa.Column('received_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('meta', sa.JSON(), nullable=False),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('processed_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('received_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('journal_entry', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_journal_entry_raw_sha256'), ['raw_sha256'], unique=False)
+        batch_op.create_index('ix_journal_entry_status_id', ['status', 'id'], unique=False)
+
     op.create_table('key_value',
     sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
     sa.Column('value', sa.Text(), nullable=False),
@@ -95,30 +114,6 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_support_case_requester'), ['requester'], unique=False)
         batch_op.create_index(batch_op.f('ix_support_case_updated_at'), ['updated_at'], unique=False)
 
-    op.create_table('journal_entry',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-    sa.Column('raw', sa.LargeBinary(), nullable=False),
-    sa.Column('raw_sha256', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('size', sa.Integer(), nullable=False),
-    sa.Column('received_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-    sa.Column('meta', sa.JSON(), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
-    sa.Column('reason', sa.Text(), nullable=True),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('processed_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-    sa.Column('received_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('message_id', sqlmodel.sql.sqltypes.AutoString(length=998), nullable=True),
-    sa.Column('sender', sqlmodel.sql.sqltypes.AutoString(length=320), nullable=True),
-    sa.Column('case_id', sa.Integer(), nullable=True),
-    sa.ForeignKeyConstraint(['case_id'], ['support_case.id'], ),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('journal_entry', schema=None) as batch_op:
-        batch_op.create_index('ix_journal_entry_msgid_sender', ['message_id', 'sender'], unique=False)
-        batch_op.create_index(batch_op.f('ix_journal_entry_raw_sha256'), ['raw_sha256'], unique=False)
-        batch_op.create_index('ix_journal_entry_status_id', ['status', 'id'], unique=False)
-
     op.create_table('outbox_item',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('case_id', sa.Integer(), nullable=True),
@@ -157,6 +152,35 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_participant_case_id'), ['case_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_participant_email'), ['email'], unique=False)
 
+    op.create_table('processed_entry',
+    sa.Column('journal_id', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('outcome', sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
+    sa.Column('raw_sha256', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('message_id', sqlmodel.sql.sqltypes.AutoString(length=998), nullable=True),
+    sa.Column('sender', sqlmodel.sql.sqltypes.AutoString(length=320), nullable=True),
+    sa.Column('case_id', sa.Integer(), nullable=True),
+    sa.Column('duplicate_of', sa.Integer(), nullable=True),
+    sa.Column('processed_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['case_id'], ['support_case.id'], ),
+    sa.PrimaryKeyConstraint('journal_id')
+    )
+    with op.batch_alter_table('processed_entry', schema=None) as batch_op:
+        batch_op.create_index('ix_processed_entry_msgid_sender', ['message_id', 'sender'], unique=False)
+        batch_op.create_index(batch_op.f('ix_processed_entry_raw_sha256'), ['raw_sha256'], unique=False)
+
+    op.create_table('security_event',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('sender', sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
+    sa.Column('target_case_id', sa.Integer(), nullable=True),
+    sa.Column('new_case_id', sa.Integer(), nullable=True),
+    sa.Column('journal_id', sa.Integer(), nullable=True),
+    sa.Column('detail', sa.Text(), nullable=False),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['new_case_id'], ['support_case.id'], ),
+    sa.ForeignKeyConstraint(['target_case_id'], ['support_case.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
     op.create_table('message',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('case_id', sa.Integer(), nullable=False),
@@ -181,30 +205,16 @@ def upgrade() -> None:
     sa.Column('received_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['case_id'], ['support_case.id'], ),
-    sa.ForeignKeyConstraint(['journal_id'], ['journal_entry.id'], ),
     sa.ForeignKeyConstraint(['outbox_id'], ['outbox_item.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('message', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_message_case_id'), ['case_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_message_journal_id'), ['journal_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_message_message_id'), ['message_id'], unique=False)
         batch_op.create_index('ix_message_msgid_sender', ['message_id', 'sender'], unique=False)
         batch_op.create_index(batch_op.f('ix_message_raw_sha256'), ['raw_sha256'], unique=False)
 
-    op.create_table('security_event',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-    sa.Column('sender', sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
-    sa.Column('target_case_id', sa.Integer(), nullable=True),
-    sa.Column('new_case_id', sa.Integer(), nullable=True),
-    sa.Column('journal_id', sa.Integer(), nullable=True),
-    sa.Column('detail', sa.Text(), nullable=False),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-    sa.ForeignKeyConstraint(['journal_id'], ['journal_entry.id'], ),
-    sa.ForeignKeyConstraint(['new_case_id'], ['support_case.id'], ),
-    sa.ForeignKeyConstraint(['target_case_id'], ['support_case.id'], ),
-    sa.PrimaryKeyConstraint('id')
-    )
     op.create_table('attachment',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('message_id', sa.Integer(), nullable=False),
@@ -231,14 +241,20 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_attachment_message_id'))
 
     op.drop_table('attachment')
-    op.drop_table('security_event')
     with op.batch_alter_table('message', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_message_raw_sha256'))
         batch_op.drop_index('ix_message_msgid_sender')
         batch_op.drop_index(batch_op.f('ix_message_message_id'))
+        batch_op.drop_index(batch_op.f('ix_message_journal_id'))
         batch_op.drop_index(batch_op.f('ix_message_case_id'))
 
     op.drop_table('message')
+    op.drop_table('security_event')
+    with op.batch_alter_table('processed_entry', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_processed_entry_raw_sha256'))
+        batch_op.drop_index('ix_processed_entry_msgid_sender')
+
+    op.drop_table('processed_entry')
     with op.batch_alter_table('participant', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_participant_email'))
         batch_op.drop_index(batch_op.f('ix_participant_case_id'))
@@ -250,12 +266,6 @@ def downgrade() -> None:
         batch_op.drop_index('ix_outbox_due')
 
     op.drop_table('outbox_item')
-    with op.batch_alter_table('journal_entry', schema=None) as batch_op:
-        batch_op.drop_index('ix_journal_entry_status_id')
-        batch_op.drop_index(batch_op.f('ix_journal_entry_raw_sha256'))
-        batch_op.drop_index('ix_journal_entry_msgid_sender')
-
-    op.drop_table('journal_entry')
     with op.batch_alter_table('support_case', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_support_case_updated_at'))
         batch_op.drop_index(batch_op.f('ix_support_case_requester'))
@@ -272,6 +282,11 @@ def downgrade() -> None:
 
     op.drop_table('contact')
     op.drop_table('key_value')
+    with op.batch_alter_table('journal_entry', schema=None) as batch_op:
+        batch_op.drop_index('ix_journal_entry_status_id')
+        batch_op.drop_index(batch_op.f('ix_journal_entry_raw_sha256'))
+
+    op.drop_table('journal_entry')
     op.drop_table('imap_state')
     op.drop_table('case_number_counter')
     op.drop_table('blob')
