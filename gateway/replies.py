@@ -12,8 +12,14 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from email import policy
-from email.message import EmailMessage
+from email.charset import QP, Charset
+from email.encoders import encode_base64
+from email.header import Header
+from email.message import Message as Message_
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.policy import compat32
 from email.utils import formataddr, formatdate, make_msgid
 from typing import Any
 
@@ -107,7 +113,7 @@ class Replies:
         )
         subject = f"[#{case.number}] {rendered.subject}"
         message = self._build(case=case, mail=mail, subject=subject, text=rendered.text, html=rendered.html)
-        raw = message.as_bytes(policy=policy.SMTP)
+        raw = as_wire_bytes(message)
         message_id = str(message["Message-ID"]).strip("<>")
         item = outbox.enqueue(
             session=session,
@@ -130,7 +136,7 @@ class Replies:
                     source=mail.source,
                     message_id=message_id,
                     sender=self._settings.support_address.lower(),
-                    from_header=str(message["From"]),
+                    from_header=formataddr((self._settings.support_name, self._settings.support_address)),
                     to_header=mail.recipient,
                     subject=subject,
                     date=utcnow(),
@@ -159,34 +165,71 @@ class Replies:
             **mail.context,
         }
 
-    def _build(self, *, case: Case, mail: Outgoing, subject: str, text: str, html: str | None) -> EmailMessage:
-        message = EmailMessage(policy=policy.SMTP)
-        message["From"] = formataddr((self._settings.support_name, self._settings.support_address))
+    def _build(self, *, case: Case, mail: Outgoing, subject: str, text: str, html: str | None) -> Message_:
+        # Built with the compat32 classes: headers are written as given (RFC 2047-encoded where
+        # needed) instead of being parsed and refolded by the header registry, which cost more
+        # than everything else the pipeline does for a message.
+        message = _body(text, html, mail.attachments)
+        message["From"] = formataddr((self._settings.support_name, self._settings.support_address), "utf-8")
         message["To"] = mail.recipient
-        message["Subject"] = subject
+        message["Subject"] = _encoded(subject)
         message["Date"] = formatdate(usegmt=True)
         message["Message-ID"] = make_msgid(domain=self._settings.support_domain)
         if mail.to_staff:
             reply_to = self._addresses.for_staff(number=case.number)
         else:
             reply_to = self._addresses.for_customer(number=case.number, customer=mail.recipient)
-        message["Reply-To"] = formataddr((self._settings.support_name, reply_to))
+        message["Reply-To"] = formataddr((self._settings.support_name, reply_to), "utf-8")
         if mail.in_reply_to:
             message["In-Reply-To"] = f"<{mail.in_reply_to}>"
-            message["References"] = " ".join(f"<{mid}>" for mid in _reference_chain(mail))
+            message["References"] = "\r\n ".join(f"<{mid}>" for mid in _reference_chain(mail))
         if mail.automatic:
             message["Auto-Submitted"] = "auto-replied"
         message["X-Auto-Response-Suppress"] = "All"
         message[LOOP_HEADER] = self.loop_marker
-        message.set_content(text)
-        if html is not None:
-            message.add_alternative(html, subtype="html")
-        for attachment in mail.attachments:
-            maintype, _, subtype = attachment.content_type.partition("/")
-            message.add_attachment(
-                attachment.content,
-                maintype=maintype or "application",
-                subtype=subtype or "octet-stream",
-                filename=attachment.filename,
-            )
         return message
+
+
+_UTF8_QP = Charset("utf-8")
+# Quoted-printable keeps Polish text (and the [#NUMBER] tag) readable in the raw mail.
+_UTF8_QP.body_encoding = _UTF8_QP.header_encoding = QP
+_WIRE = compat32.clone(linesep="\r\n", max_line_length=78)
+
+
+def _encoded(value: str) -> str:
+    """The value as a header: ASCII words as they are, the rest as RFC 2047 encoded-words."""
+    if value.isascii():
+        return value
+    ascii_prefix, rest = "", value
+    while rest and rest.split(" ", 1)[0].isascii() and " " in rest:
+        word, rest = rest.split(" ", 1)
+        ascii_prefix += word + " "
+    header = Header(ascii_prefix, "us-ascii", maxlinelen=76, header_name="Subject")
+    header.append(rest, _UTF8_QP)
+    return header.encode()
+
+
+def _body(text: str, html: str | None, attachments: Sequence[OutgoingAttachment]) -> Message_:
+    body: Message_ = MIMEText(text, "plain", _UTF8_QP)
+    if html is not None:
+        alternative = MIMEMultipart("alternative")
+        alternative.attach(body)
+        alternative.attach(MIMEText(html, "html", _UTF8_QP))
+        body = alternative
+    if not attachments:
+        return body
+    mixed = MIMEMultipart("mixed")
+    mixed.attach(body)
+    for attachment in attachments:
+        maintype, _, subtype = attachment.content_type.partition("/")
+        part = MIMEBase(maintype or "application", subtype or "octet-stream")
+        part.set_payload(attachment.content)
+        encode_base64(part)
+        part.add_header("Content-Disposition", "attachment", filename=("utf-8", "", attachment.filename))
+        mixed.attach(part)
+    return mixed
+
+
+def as_wire_bytes(message: Message_) -> bytes:
+    return message.as_bytes(policy=_WIRE)
+
