@@ -24,6 +24,8 @@ from store.models import JournalEntry, utcnow
 
 log = logging.getLogger(__name__)
 
+BUSY_WINDOW_SECONDS = 0.02
+
 
 class JournalUnavailable(Exception):
     """The journal could not be written: nothing was acknowledged, the producer must say so."""
@@ -56,6 +58,13 @@ class Intake:
         self._on_journaled = on_journaled
         self._queue: list[_Queued] = []
         self._writer: asyncio.Task[None] | None = None
+        self.last_write = 0.0  # loop time of the last journal commit
+
+    @property
+    def busy(self) -> bool:
+        """Journaling right now, or a moment ago: mail is arriving."""
+        loop_time = asyncio.get_running_loop().time()
+        return bool(self._queue) or loop_time - self.last_write < BUSY_WINDOW_SECONDS
 
     async def accept(self, raw: bytes, *, source: str, meta: dict[str, Any] | None = None) -> Receipt:
         """Journal `raw` durably; raises JournalUnavailable if that cannot be done."""
@@ -76,6 +85,7 @@ class Intake:
                     if not item.done.done():
                         item.done.set_exception(JournalUnavailable(str(error)))
                 continue
+            self.last_write = asyncio.get_running_loop().time()
             for item, receipt in zip(batch, receipts):
                 if not item.done.done():
                     item.done.set_result(receipt)

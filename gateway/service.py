@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,28 +80,46 @@ class Components:
 
 
 class PipelineRunner:
-    """Feeds journaled entries to the pipeline, one at a time and in order, off the event loop."""
+    """Feeds journaled entries to the pipeline, one at a time and in order, off the event loop.
 
-    def __init__(self, pipeline: Pipeline, *, on_done: callable) -> None:  # type: ignore[valid-type]
+    Acknowledging is what senders wait for, and the pipeline competes with it for the one
+    interpreter: while mail is arriving, processing steps aside, but never lets the oldest
+    waiting entry get more than `max_lag` seconds old.
+    """
+
+    def __init__(
+        self, pipeline: Pipeline, *, on_done: Callable[[], None], max_lag: float,
+        arriving: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._pipeline = pipeline
         self._on_done = on_done
+        self._max_lag = max_lag
+        self.arriving = arriving
         self._queue: asyncio.Queue[int] = asyncio.Queue()
-        self._queued: set[int] = set()
+        self._queued: dict[int, float] = {}  # journal id -> loop time it was submitted
         self.processed = 0
 
     def submit(self, journal_ids: list[int]) -> None:
+        now = asyncio.get_running_loop().time()
         for journal_id in journal_ids:
             if journal_id not in self._queued:
-                self._queued.add(journal_id)
+                self._queued[journal_id] = now
                 self._queue.put_nowait(journal_id)
+
+    async def _step_aside(self, journal_id: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = self._queued.get(journal_id, loop.time()) + self._max_lag
+        while self.arriving() and loop.time() < deadline:
+            await asyncio.sleep(0.005)
 
     async def run(self) -> None:
         while True:
             journal_id = await self._queue.get()
+            await self._step_aside(journal_id)
             try:
                 outcome = await asyncio.to_thread(self._pipeline.process, journal_id)
             finally:
-                self._queued.discard(journal_id)
+                self._queued.pop(journal_id, None)
             self.processed += 1
             if outcome == "done":
                 self._on_done()
@@ -138,10 +157,13 @@ class Gateway:
         self.components = components
         relay = make_relay(settings.relay_url, timeout=settings.relay_timeout_seconds)
         self.outbox = OutboxWorker(engine=components.engine, settings=settings, relay=relay, replies=components.replies)
-        self.runner = PipelineRunner(components.pipeline, on_done=self.outbox.wake)
+        self.runner = PipelineRunner(
+            components.pipeline, on_done=self.outbox.wake, max_lag=settings.pipeline_max_lag_seconds
+        )
         self.intake = Intake(
             components.journal_engine, instance_name=settings.instance_name, on_journaled=self.runner.submit
         )
+        self.runner.arriving = lambda: self.intake is not None and self.intake.busy
         self._spawn(self.runner.run(), "pipeline")
         self._spawn(self.outbox.run(), "outbox")
         # Whatever was acknowledged before a crash and not processed yet goes first.

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
 
     # --- background work -------------------------------------------------------------------------
     journal_replay_seconds: float = 30.0
+    # While mail is arriving, processing steps aside for acknowledging, up to this many seconds.
+    pipeline_max_lag_seconds: float = 5.0
     imap_mailboxes: list[MailboxSettings] = Field(default_factory=list)
     instance_name: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
 
