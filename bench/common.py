@@ -7,9 +7,11 @@ figures to bench/out/ (git-ignored).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import math
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -193,3 +195,80 @@ def write_json(path: Path, data: Mapping[str, Any]) -> Path:
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# What every benchmark reports alongside its figures
+
+
+def load_average() -> str:
+    """The 1-minute load average: other work on the machine makes every figure noisier."""
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "?"
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def git_state() -> dict[str, Any]:
+    """The commit measured, and whether the gateway's code differed from it (others edit the tree)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "gateway", "store", "templates")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_gateway_changes": changed.splitlines()}
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Latencies:
+    """Summary of a list of latencies in milliseconds (nearest-rank percentiles)."""
+
+    count: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+
+    @classmethod
+    def of(cls, values_ms: Sequence[float]) -> Latencies:
+        ordered = sorted(values_ms)
+        mean = sum(ordered) / len(ordered) if ordered else math.nan
+        return cls(
+            count=len(ordered),
+            p50_ms=percentile(ordered, 50),
+            p99_ms=percentile(ordered, 99),
+            mean_ms=mean,
+            max_ms=ordered[-1] if ordered else math.nan,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            **{name: rounded(getattr(self, name)) for name in ("p50_ms", "p99_ms", "mean_ms", "max_ms")},
+        }
+
+
+def rounded(value: float, digits: int = 2) -> float | None:
+    return None if math.isnan(value) else round(value, digits)
+
+
+def ratio_or_nan(numerator: float, denominator: float) -> float:
+    if math.isnan(numerator) or math.isnan(denominator) or denominator == 0:
+        return math.nan
+    return numerator / denominator
+
+
+def verdict(passed: bool | None) -> str:
+    """PASS, MISS, or n/a when the figure could not be measured."""
+    return "n/a" if passed is None else ("PASS" if passed else "MISS")
+
+
+def verdict_markup(outcome: str) -> str:
+    colour = {"PASS": "green", "MISS": "red"}.get(outcome, "yellow")
+    return f"[bold {colour}]{outcome}[/bold {colour}]"

@@ -53,6 +53,7 @@ from bench.common import (
     CpuPlan,
     ServerFailed,
     free_port,
+    load_average,
     percentile,
     pin_this_process,
     plan_cpus,
@@ -413,11 +414,6 @@ def gateway_env(workdir: Path, smtp_port: int, http_port: int) -> dict[str, str]
         GATEWAY_SUPPORT_ADDRESS=RECIPIENT,
     )
     return env
-
-
-def load_average() -> str:
-    """The 1-minute load average: other work on the machine makes every figure noisier."""
-    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "?"
 
 
 class Bench:

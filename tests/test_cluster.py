@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -27,10 +25,10 @@ from sqlmodel import col, select
 
 from store.db import make_engine, reading
 from store.models import Case, JournalEntry, Message, OutboxItem
-from tests.conftest import PG_SERVER_URL, SUPPORT, free_port, make_mail
+from tests.conftest import PG_SERVER_URL, make_mail
 from tests.dovecot import make_dovecot_fixture
 from tests.relay_sink import RelaySink
-from tests.test_crash import _start, _wait_healthy
+from tests.processes import serve_env, start_serve, wait_healthy
 
 dovecot = make_dovecot_fixture()
 
@@ -56,28 +54,21 @@ def pg_url() -> Iterator[str]:
 def _instance_env(
     tmp_path: Path, pg_url: str, relay_url: str, name: str, mailbox: str
 ) -> tuple[dict[str, str], int, int]:
-    smtp_port, http_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "GATEWAY_CONFIG": str(tmp_path / "none.toml"),
-        "GATEWAY_DATABASE_URL": pg_url,
-        "GATEWAY_BLOB_STORE": "database",
-        "GATEWAY_DATA_DIR": str(tmp_path / name),
-        "GATEWAY_SMTP_PORT": str(smtp_port),
-        "GATEWAY_HTTP_PORT": str(http_port),
-        "GATEWAY_RELAY_URL": relay_url,
-        "GATEWAY_RELAY_TIMEOUT_SECONDS": "2",
-        "GATEWAY_OUTBOX_BACKOFF_SECONDS": "0.5",
-        "GATEWAY_OUTBOX_BACKOFF_MAX_SECONDS": "1",
-        "GATEWAY_JOURNAL_REPLAY_SECONDS": "1",
-        "GATEWAY_SUPPORT_ADDRESS": SUPPORT,
-        "GATEWAY_STAFF_QUEUE_ADDRESS": "staff-queue@example.test",
-        "GATEWAY_PANEL_SECRET": "cluster-secret",
-        "GATEWAY_SIGNING_SECRET": "cluster-signing",
-        "GATEWAY_INSTANCE_NAME": name,
-        "GATEWAY_IMAP_MAILBOXES": mailbox,
-    }
-    return env, smtp_port, http_port
+    return serve_env(
+        tmp_path / name,
+        pg_url,
+        relay_url,
+        GATEWAY_BLOB_STORE="database",
+        GATEWAY_RELAY_TIMEOUT_SECONDS="2",
+        GATEWAY_OUTBOX_BACKOFF_SECONDS="0.5",
+        GATEWAY_OUTBOX_BACKOFF_MAX_SECONDS="1",
+        GATEWAY_JOURNAL_REPLAY_SECONDS="1",
+        GATEWAY_STAFF_QUEUE_ADDRESS="staff-queue@example.test",
+        GATEWAY_PANEL_SECRET="cluster-secret",
+        GATEWAY_SIGNING_SECRET="cluster-signing",
+        GATEWAY_INSTANCE_NAME=name,
+        GATEWAY_IMAP_MAILBOXES=mailbox,
+    )
 
 
 async def _send(port: int, message) -> None:  # type: ignore[no-untyped-def]
@@ -134,11 +125,11 @@ def test_two_instances_share_the_work_and_survive_losing_one(tmp_path: Path, pg_
     with RelaySink() as sink:
         env_a, smtp_a, http_a = _instance_env(tmp_path, pg_url, sink.url, "gw-a", mailbox)
         env_b, smtp_b, http_b = _instance_env(tmp_path, pg_url, sink.url, "gw-b", mailbox)
-        instance_a = _start(env_a, tmp_path / "a.log")
-        _wait_healthy(http_a, instance_a)  # the first one migrates the schema
+        instance_a = start_serve(env_a, tmp_path / "a.log")
+        wait_healthy(http_a, instance_a)  # the first one migrates the schema
         _wait(lambda: _mailbox_state(http_a) == "idle", 30, "gw-a to poll the mailbox")
-        instance_b = _start(env_b, tmp_path / "b.log")
-        _wait_healthy(http_b, instance_b)
+        instance_b = start_serve(env_b, tmp_path / "b.log")
+        wait_healthy(http_b, instance_b)
         _wait(lambda: _mailbox_state(http_b) == "standby", 30, "gw-b to stand by for the mailbox")
         engine = make_engine(pg_url)
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,34 +11,14 @@ import time
 from pathlib import Path
 
 import aiosmtplib
-import httpx
 from sqlalchemy import func
 from sqlmodel import select
 
 from store.db import journal_engine_for, make_engine, reading
 from store.models import JournalEntry
 
-from tests.conftest import REPO, SUPPORT, free_port, make_mail
-
-
-def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    handle = open(log, "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve"], cwd=REPO, env=env, stdout=handle, stderr=handle
-    )
-
-
-def _wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "gateway exited during start-up"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("gateway did not become healthy")
+from tests.conftest import REPO, make_mail
+from tests.processes import serve_env, start_serve, wait_healthy
 
 
 async def _stream(port: int, client_number: int, acknowledged: list[str], stop: asyncio.Event) -> None:
@@ -61,20 +40,10 @@ async def _stream(port: int, client_number: int, acknowledged: list[str], stop: 
 
 
 def test_sigkill_while_streaming_loses_no_acknowledged_message(tmp_path: Path, database_url: str):
-    smtp_port, http_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "GATEWAY_CONFIG": str(tmp_path / "none.toml"),
-        "GATEWAY_DATABASE_URL": database_url,
-        "GATEWAY_DATA_DIR": str(tmp_path / "data"),
-        "GATEWAY_SMTP_PORT": str(smtp_port),
-        "GATEWAY_HTTP_PORT": str(http_port),
-        "GATEWAY_RELAY_URL": f"maildir:{tmp_path / 'sent'}",
-        "GATEWAY_SUPPORT_ADDRESS": SUPPORT,
-    }
+    env, smtp_port, http_port = serve_env(tmp_path, database_url, f"maildir:{tmp_path / 'sent'}")
     log = tmp_path / "gateway.log"
-    process = _start(env, log)
-    _wait_healthy(http_port, process)
+    process = start_serve(env, log)
+    wait_healthy(http_port, process)
 
     acknowledged: list[str] = []
 
@@ -96,9 +65,9 @@ def test_sigkill_while_streaming_loses_no_acknowledged_message(tmp_path: Path, d
     engine.dispose()
     print(f"acknowledged {len(acknowledged)}, pending at the kill {pending}")
 
-    restarted = _start(env, log)
+    restarted = start_serve(env, log)
     try:
-        _wait_healthy(http_port, restarted)
+        wait_healthy(http_port, restarted)
         deadline = time.monotonic() + 120
         while True:
             export = subprocess.run(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import email
-import os
 import random
 import signal
 import smtplib
@@ -30,9 +29,9 @@ from gateway.service import Components, Gateway
 from gateway.settings import Settings
 from store.db import make_engine, reading, transaction
 from store.models import Case, Message, OutboxItem, utcnow
-from tests.conftest import STAFF_QUEUE, SUPPORT, free_port, make_mail, send, settle
+from tests.conftest import STAFF_QUEUE, free_port, make_mail, send, settle
 from tests.relay_sink import DROP, RelaySink
-from tests.test_crash import _start, _wait_healthy
+from tests.processes import serve_env, start_serve, wait_healthy
 
 CUSTOMER = "jan.kowalski@klient.example"
 BACKOFF = 0.2
@@ -314,28 +313,22 @@ def _wait_outbox(
 
 
 def test_sigkill_mid_retry_then_restart_delivers_each_message_exactly_once(tmp_path: Path, database_url: str):
-    smtp_port, http_port = free_port(), free_port()
     with RelaySink() as sink:
-        env = {
-            **os.environ,
-            "GATEWAY_CONFIG": str(tmp_path / "none.toml"),
-            "GATEWAY_DATABASE_URL": database_url,
-            "GATEWAY_DATA_DIR": str(tmp_path / "data"),
-            "GATEWAY_SMTP_PORT": str(smtp_port),
-            "GATEWAY_HTTP_PORT": str(http_port),
-            "GATEWAY_RELAY_URL": sink.url,
-            "GATEWAY_SUPPORT_ADDRESS": SUPPORT,
-            "GATEWAY_STAFF_QUEUE_ADDRESS": STAFF_QUEUE,
-            "GATEWAY_OUTBOX_POLL_SECONDS": "0.2",
-            "GATEWAY_OUTBOX_BACKOFF_SECONDS": "0.5",
-            "GATEWAY_OUTBOX_BACKOFF_MAX_SECONDS": "2",
-            "GATEWAY_RELAY_TIMEOUT_SECONDS": "2",  # a lease of 6 s for rows caught mid-attempt
-        }
+        env, smtp_port, http_port = serve_env(
+            tmp_path,
+            database_url,
+            sink.url,
+            GATEWAY_STAFF_QUEUE_ADDRESS=STAFF_QUEUE,
+            GATEWAY_OUTBOX_POLL_SECONDS="0.2",
+            GATEWAY_OUTBOX_BACKOFF_SECONDS="0.5",
+            GATEWAY_OUTBOX_BACKOFF_MAX_SECONDS="2",
+            GATEWAY_RELAY_TIMEOUT_SECONDS="2",  # a short lease for rows caught mid-attempt
+        )
         sink.fail("451 4.3.0 Temporary failure, try again later")
         log = tmp_path / "gateway.log"
-        process = _start(env, log)
+        process = start_serve(env, log)
         try:
-            _wait_healthy(http_port, process)
+            wait_healthy(http_port, process)
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
                 for number in range(5):
                     client.send_message(make_mail(sender=f"klient{number}@klient.example", subject=f"sprawa {number}"))
@@ -349,9 +342,9 @@ def test_sigkill_mid_retry_then_restart_delivers_each_message_exactly_once(tmp_p
         assert sink.accepted == []
 
         sink.accept_all()
-        restarted = _start(env, log)
+        restarted = start_serve(env, log)
         try:
-            _wait_healthy(http_port, restarted)
+            wait_healthy(http_port, restarted)
             rows = _wait_outbox(database_url, lambda rows: all(r.status == "sent" for r in rows), timeout=60)
             time.sleep(1.0)  # room for a duplicate to show up, if there were one
         finally:
