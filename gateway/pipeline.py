@@ -23,7 +23,7 @@ from gateway.parse import DeliveryReport, ParsedAttachment, ParsedMessage, parse
 from gateway.replies import Outgoing, OutgoingAttachment, Replies, conversation, outbound_message
 from gateway.settings import Settings
 from gateway.staff import read_staff_reply
-from gateway.threads import ThreadDecision, decide, subject_case_number
+from gateway.threads import ThreadDecision, ThreadQuery, decide, subject_case_number
 from gateway.tokens import ReplyAddresses
 from store import cases, directory, journal, outbox, processed
 from store.blobs import BlobStore
@@ -196,14 +196,17 @@ class Pipeline:
                 return finished
 
         is_staff = inbound.verdict.kind == "staff"
-        decision = decide(
-            session=session,
+        query = ThreadQuery(
             parsed=parsed,
-            recipients=inbound.recipients,
-            replies=self._addresses,
+            recipients=tuple(inbound.recipients),
             is_staff=is_staff,
             panel_account=inbound.panel.get("account"),
             panel_case_number=inbound.panel.get("case"),
+        )
+        decision = decide(
+            session=session,
+            query=query,
+            replies=self._addresses,
             reopen_window=timedelta(days=self._settings.reopen_window_days),
             now=utcnow(),
         )

@@ -9,7 +9,6 @@ the refused candidate is reported (never revealed to the sender).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -44,33 +43,28 @@ def subject_case_number(subject: str) -> str | None:
     return match.group(1) if match else None
 
 
+@dataclass(frozen=True)
+class ThreadQuery:
+    """What threading looks at in one message."""
+
+    parsed: ParsedMessage
+    recipients: tuple[str, ...]  # envelope and header recipients, lower-case
+    is_staff: bool
+    panel_account: str | None = None  # the panel's verified identity, for panel mail
+    panel_case_number: str | None = None
+
+
 def decide(
-    *,
-    session: Session,
-    parsed: ParsedMessage,
-    recipients: Iterable[str],
-    replies: ReplyAddresses,
-    is_staff: bool,
-    panel_account: str | None,
-    panel_case_number: str | None,
-    reopen_window: timedelta,
-    now: datetime,
+    *, session: Session, query: ThreadQuery, replies: ReplyAddresses, reopen_window: timedelta, now: datetime
 ) -> ThreadDecision:
-    candidate = _find_candidate(
-        session=session,
-        parsed=parsed,
-        recipients=recipients,
-        replies=replies,
-        is_staff=is_staff,
-        panel_account=panel_account,
-        panel_case_number=panel_case_number,
-    )
+    candidate = _find_candidate(session=session, query=query, replies=replies)
     if candidate is None:
         return ThreadDecision(case=None, via="new")
-    if not (candidate.authorised or is_staff or _may_write(session, candidate.case, parsed.from_address)):
+    sender = query.parsed.from_address
+    if not (candidate.authorised or query.is_staff or _may_write(session, candidate.case, sender)):
         return ThreadDecision(case=None, via="new", refused_case=candidate.case)
     case = candidate.case
-    if case.status == "closed" and not is_staff:
+    if case.status == "closed" and not query.is_staff:
         closed_at = case.closed_at or case.updated_at
         if now - closed_at > reopen_window:
             return ThreadDecision(case=None, via="new", follows_case=case)
@@ -78,21 +72,13 @@ def decide(
     return ThreadDecision(case=case, via=candidate.via)
 
 
-def _find_candidate(
-    *,
-    session: Session,
-    parsed: ParsedMessage,
-    recipients: Iterable[str],
-    replies: ReplyAddresses,
-    is_staff: bool,
-    panel_account: str | None,
-    panel_case_number: str | None,
-) -> _Candidate | None:
-    if panel_case_number is not None:
-        case = cases.get_case_by_number(session=session, number=panel_case_number)
-        if case is not None and panel_account is not None and case.account_id == panel_account:
+def _find_candidate(*, session: Session, query: ThreadQuery, replies: ReplyAddresses) -> _Candidate | None:
+    parsed, is_staff = query.parsed, query.is_staff
+    if query.panel_case_number is not None:
+        case = cases.get_case_by_number(session=session, number=query.panel_case_number)
+        if case is not None and query.panel_account is not None and case.account_id == query.panel_account:
             return _Candidate(case=case, via="panel", authorised=True)
-    for address in recipients:
+    for address in query.recipients:
         token = replies.parse(address)
         if token is None or not replies.verify(token, sender=parsed.from_address):
             continue
