@@ -136,7 +136,7 @@ class Replies:
                     source=mail.source,
                     message_id=message_id,
                     sender=self._settings.support_address.lower(),
-                    from_header=formataddr((self._settings.support_name, self._settings.support_address)),
+                    from_header=f"{self._settings.support_name} <{self._settings.support_address}>",
                     to_header=mail.recipient,
                     subject=subject,
                     date=utcnow(),

@@ -44,6 +44,8 @@ async def test_new_mail_opens_a_case_and_the_ack_threads_in_the_customers_client
     assert ack["Auto-Submitted"] == "auto-replied"
     assert ack["X-Auto-Response-Suppress"] == "All"
     assert ack["Reply-To"].addresses[0].addr_spec.startswith("bok+")
+    # the stored copy shows the sender as people read it, not as encoded on the wire
+    assert case["messages"][1]["from"] == "Biuro Obsługi Klienta <bok@example.test>"
 
 
 async def test_reply_by_references_lands_in_the_same_case(gateway, settings):
