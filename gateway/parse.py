@@ -7,7 +7,6 @@ decoded is degraded (best-effort text) and recorded in `defects`.
 from __future__ import annotations
 
 import binascii
-import codecs
 import hashlib
 import mimetypes
 import re
@@ -20,11 +19,11 @@ from email.feedparser import BytesFeedParser
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
-from functools import lru_cache
-from html.parser import HTMLParser
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from gateway.charsets import best_effort, decode_bytes
+from gateway.text import html_to_text, unflow
 from gateway.tnef import TnefContent, TnefError, unpack_tnef
 
 
@@ -173,21 +172,6 @@ _HEADER_MSGID_RE = re.compile(r"^message-id[ \t]*:(.*(?:\n[ \t].*)*)", re.I | re
 _TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
 _DSN_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
 _RETURNED_TYPES = frozenset({"message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers"})
-_POLISH_LETTERS = frozenset("ąćęłńóśźżĄĆĘŁŃÓŚŹŻ")
-# Charset labels mail clients use that Python spells differently, or where a superset decodes more.
-_CHARSET_ALIASES = {
-    "ks_c_5601-1987": "cp949",
-    "ks_c_5601": "cp949",
-    "euc-kr": "cp949",
-    "gb2312": "gbk",
-    "shift_jis": "cp932",
-    "shift-jis": "cp932",
-    "x-sjis": "cp932",
-    "iso-8859-1": "cp1252",  # what every browser does: the C1 range is really Windows-1252
-    "iso-8859-8-i": "iso-8859-8",
-    "utf8": "utf-8",
-}
-_NO_CHARSET = frozenset({"x-unknown", "unknown", "unknown-8bit", "x-user-defined", "default"})
 # Extensions mimetypes does not know for the message/* and report parts we keep as attachments.
 _EXTENSIONS = {
     "message/rfc822": ".eml",
@@ -481,11 +465,11 @@ class _Parser:
         if not charset and ctype == "text/html":
             sniffed = _META_CHARSET_RE.search(data[:4096])
             charset = sniffed.group(1).decode("ascii", "replace") if sniffed else None
-        text = _decode_bytes(data, charset, ctype, self.defects)
+        text = decode_bytes(data, charset, ctype, self.defects)
         text = _LINEBREAK_RE.sub("\n", text)
         if ctype == "text/plain" and str(_guard(lambda: part.get_param("format"), "")).lower() == "flowed":
             delsp = str(_guard(lambda: part.get_param("delsp"), "")).lower() == "yes"
-            text = _unflow(text, delsp)
+            text = unflow(text, delsp)
         return text
 
     def _payload_bytes(self, part: Message, ctype: str) -> bytes:
@@ -646,7 +630,7 @@ class _Parser:
         """The field blocks of a message/delivery-status part, however the parser split them."""
         payload = _guard(lambda: part.get_payload(), None)
         if not isinstance(payload, list):
-            text = _decode_bytes(self._payload_bytes(part, "message/delivery-status"), None, "", [])
+            text = decode_bytes(self._payload_bytes(part, "message/delivery-status"), None, "", [])
             return _field_blocks(text)
         blocks = []
         encoded = False
@@ -660,7 +644,7 @@ class _Parser:
             if body.strip():
                 if encoded:
                     body = self._base64(body, "message/delivery-status")
-                blocks.extend(_field_blocks(_decode_bytes(body, None, "", [])))
+                blocks.extend(_field_blocks(decode_bytes(body, None, "", [])))
         return blocks
 
     def _returned_message_id(self, part: Message) -> str | None:
@@ -671,7 +655,7 @@ class _Parser:
                 ids = _ids(_unfold(values[0])) if values else []
                 return ids[0] if ids else None
             return None
-        text = _decode_bytes(self._payload_bytes(part, "text/rfc822-headers"), None, "", [])
+        text = decode_bytes(self._payload_bytes(part, "text/rfc822-headers"), None, "", [])
         match = _HEADER_MSGID_RE.search(_LINEBREAK_RE.sub("\n", text))
         ids = _ids(_unfold(match.group(1))) if match else []
         return ids[0] if ids else None
@@ -773,7 +757,7 @@ def _repair_8bit(value: str) -> str:
         value.encode("utf-8")
         return value
     except UnicodeEncodeError:
-        return _best_effort(value.encode("utf-8", "surrogateescape"))
+        return best_effort(value.encode("utf-8", "surrogateescape"))
 
 
 def _unfold(value: str) -> str:
@@ -862,156 +846,7 @@ def _decode_word(match: re.Match[str], what: str, defects: list[str]) -> str:
     except (binascii.Error, ValueError):
         defects.append(f"{what}: undecodable encoded-word kept as is")
         return match.group(0)
-    return _decode_bytes(data, charset, what, defects)
-
-
-# ---------------------------------------------------------------------------------------------
-# Charsets
-
-
-@lru_cache(maxsize=256)
-def _codec(charset: str) -> str | None:
-    """Python's codec for a mail charset label, or None if it has none (unknown, X-UNKNOWN...)."""
-    label = charset.strip().strip("\"'").lower()
-    label = _CHARSET_ALIASES.get(label, label)
-    if not label or label in _NO_CHARSET:
-        return None
-    try:
-        info = codecs.lookup(label)
-    except (LookupError, ValueError, TypeError):
-        return None
-    # codecs.lookup also knows base64, rot13 and friends, which are no text encodings.
-    return info.name if getattr(info, "_is_text_encoding", True) else None
-
-
-def _single_byte(codec: str) -> bool:
-    return codec.startswith(("iso8859", "cp125", "latin", "koi8", "mac-", "cp437", "cp85"))
-
-
-def _decode_bytes(data: bytes, charset: str | None, what: str, defects: list[str]) -> str:
-    """Decode with the declared charset; a lying or unknown one degrades to a best effort + defect."""
-    codec = _codec(charset) if charset else None
-    if charset and codec is None:
-        defects.append(f"{what}: unknown charset {charset!r}; decoded best effort")
-    if codec is not None:
-        if _single_byte(codec) and not data.isascii():
-            utf8 = _try_decode(data, "utf-8")
-            if utf8 is not None:  # real Latin-2 text practically never forms valid UTF-8
-                defects.append(f"{what}: declared {charset!r} but the bytes are UTF-8")
-                return utf8
-        decoded = _try_decode(data, codec)
-        if decoded is not None:
-            return decoded
-        defects.append(f"{what}: bytes do not match declared charset {charset!r}; decoded best effort")
-    return _best_effort(data)
-
-
-def _try_decode(data: bytes, codec: str) -> str | None:
-    try:
-        return data.decode(codec)
-    except (UnicodeDecodeError, LookupError):
-        return None
-
-
-def _best_effort(data: bytes) -> str:
-    """UTF-8 if it is UTF-8, else whichever Polish single-byte charset yields more Polish letters."""
-    decoded = _try_decode(data, "utf-8")
-    if decoded is not None:
-        return decoded
-    windows = data.decode("cp1250", errors="replace")
-    latin2 = data.decode("iso-8859-2", errors="replace")
-    return latin2 if _polish_score(latin2) > _polish_score(windows) else windows
-
-
-def _polish_score(text: str) -> int:
-    return sum(1 for ch in text if ch in _POLISH_LETTERS)
-
-
-# ---------------------------------------------------------------------------------------------
-# Text
-
-
-def _unflow(text: str, delsp: bool) -> str:
-    """Join RFC 3676 format=flowed soft line breaks, keeping quote depth."""
-    out: list[str] = []
-    current: str | None = None
-    current_depth = 0
-    for line in text.split("\n"):
-        depth = len(line) - len(line.lstrip(">"))
-        content = line[depth:]
-        if content.startswith(" "):
-            content = content[1:]  # space-stuffing
-        flowed = content.endswith(" ") and content != "-- "
-        if flowed and delsp:
-            content = content[:-1]
-        if current is not None and depth == current_depth:
-            current += content
-        else:
-            if current is not None:
-                out.append(_quoted(current, current_depth))
-            current, current_depth = content, depth
-        if not flowed:
-            out.append(_quoted(current, current_depth))
-            current = None
-    if current is not None:
-        out.append(_quoted(current, current_depth))
-    return "\n".join(out)
-
-
-def _quoted(content: str, depth: int) -> str:
-    return (">" * depth + " " + content) if depth else content
-
-
-class _HtmlText(HTMLParser):
-    _SKIP = frozenset({"script", "style", "title", "template"})
-    _BLOCK = frozenset(
-        {"p", "div", "br", "tr", "table", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote",
-         "pre", "hr", "section", "article", "header", "footer", "dt", "dd", "address", "body"}
-    )
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.chunks: list[str] = []
-        self._skipping = 0
-        self._pre = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._SKIP:
-            self._skipping += 1
-        elif tag == "li":
-            self.chunks.append("\n- ")
-        elif tag in ("td", "th"):
-            self.chunks.append(" ")
-        elif tag in self._BLOCK:
-            self.chunks.append("\n")
-        if tag == "pre":
-            self._pre += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP:
-            self._skipping = max(0, self._skipping - 1)
-        elif tag in self._BLOCK and tag != "br":
-            self.chunks.append("\n")
-        if tag == "pre":
-            self._pre = max(0, self._pre - 1)
-
-    def handle_data(self, data: str) -> None:
-        if self._skipping:
-            return
-        self.chunks.append(data if self._pre else re.sub(r"\s+", " ", data))
-
-
-def html_to_text(html: str) -> str:
-    """Readable plain text from an HTML body: scripts and styles dropped, blocks on their own lines."""
-    parser = _HtmlText()
-    try:
-        parser.feed(html)
-        parser.close()
-    except Exception:  # html.parser is lenient; this guards only against the truly unexpected
-        pass
-    text = "".join(parser.chunks).replace("\xa0", " ")
-    lines = [line.strip() for line in text.split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    return decode_bytes(data, charset, what, defects)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1123,7 +958,7 @@ def _unparseable(raw: bytes, reason: str) -> ParsedMessage:
         to_header="",
         cc_header="",
         date=None,
-        text=_LINEBREAK_RE.sub("\n", _best_effort(raw)),
+        text=_LINEBREAK_RE.sub("\n", best_effort(raw)),
         html=None,
         attachments=(),
         defects=(reason,),
