@@ -18,6 +18,11 @@ from collections.abc import Callable, Sequence
 #: name -> module under bench/; run in this order by `python -m bench`.
 BENCHMARKS: dict[str, str] = {
     "smtp_throughput": "bench.smtp_throughput",
+    "throughput_plot": "bench.throughput_plot",  # right after: it reuses smtp_throughput's SQLite figures
+    "cluster_throughput": "bench.cluster_throughput",
+    "ingest_latency": "bench.ingest_latency",
+    "peak_memory": "bench.peak_memory",
+    "panel_list": "bench.panel_list",
 }
 
 USAGE = __doc__.split("\n\n")[1]

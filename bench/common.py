@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO_ROOT / "bench" / "out"
 
@@ -62,19 +64,24 @@ def _cpus(cpus: frozenset[int]) -> str:
     return ",".join(str(cpu) for cpu in sorted(cpus))
 
 
+#: The CPUs this process could use when it started. Benchmarks pin the process (see
+#: pin_this_process), and `python -m bench` runs them one after another in one process, so each
+#: plans from this set rather than from whatever the previous benchmark left behind.
+INITIAL_CPUS: frozenset[int] = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
+
+
 def plan_cpus(pin: bool) -> CpuPlan:
     """Give the load generator one CPU and the servers the rest, when pinning is possible at all."""
-    if not pin or not hasattr(os, "sched_getaffinity"):
-        return CpuPlan(None, None)
-    available = sorted(os.sched_getaffinity(0))
-    if len(available) < 2:
+    available = sorted(INITIAL_CPUS)
+    if not pin or len(available) < 2:
         return CpuPlan(None, None)
     return CpuPlan(frozenset(available[:1]), frozenset(available[1:]))
 
 
 def pin_this_process(cpus: frozenset[int] | None) -> None:
-    if cpus is not None:
-        os.sched_setaffinity(0, cpus)
+    """Run this process (and the children it starts unpinned) on `cpus`; None: on every initial CPU."""
+    if hasattr(os, "sched_setaffinity") and INITIAL_CPUS:
+        os.sched_setaffinity(0, cpus if cpus is not None else INITIAL_CPUS)
 
 
 @dataclass
@@ -272,3 +279,9 @@ def verdict(passed: bool | None) -> str:
 def verdict_markup(outcome: str) -> str:
     colour = {"PASS": "green", "MISS": "red"}.get(outcome, "yellow")
     return f"[bold {colour}]{outcome}[/bold {colour}]"
+
+
+def make_console() -> Console:
+    """A rich console; when the output is a file or a pipe, wide enough for the tables."""
+    console = Console()
+    return console if console.is_terminal else Console(width=140)

@@ -11,6 +11,9 @@ messages are done. Latency is timed from MAIL FROM to the 250 after DATA.
 The load generator is this process; the servers are child processes, pinned (when there are at
 least two CPUs) to CPUs other than the generator's, so the server has a core of its own.
 
+The gateway's database is a fresh SQLite file; `--backend postgresql` gives each gateway run a fresh
+PostgreSQL database instead (and writes bench/out/smtp_throughput_postgresql.json).
+
 Figures are printed as a table and written to bench/out/smtp_throughput.json. The target from
 issue 3: the gateway at c=32, 2 KB reaches at least 40% of the sink's msg/s (PASS/MISS is reported,
 never turned into an exit status).
@@ -34,7 +37,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -62,6 +65,7 @@ from bench.common import (
     wait_for_port,
     write_json,
 )
+from bench.pg import throwaway_database
 
 NAME = "smtp_throughput"
 HOST = "127.0.0.1"
@@ -74,6 +78,7 @@ TARGET_CONCURRENCY = 32
 TARGET_SIZE = "2KB"
 TARGET_RATIO = 0.40
 SMTP_TIMEOUT_S = 30.0
+BACKENDS = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 MAX_RECONNECTS = 3
 
 # --------------------------------------------------------------------------------------------
@@ -324,16 +329,21 @@ async def deliver(client: aiosmtplib.SMTP, port: int, shared: Delivery) -> aiosm
 async def measure(
     *,
     target: str,
-    port: int,
+    port: int | Sequence[int],
     payloads: Sequence[Payload],
     size: str,
     concurrency: int,
     deadline_s: float,
     advance: Callable[[], None],
 ) -> RunResult:
-    """Deliver every payload to port over `concurrency` sessions; connecting is not timed."""
+    """Deliver every payload to port over `concurrency` sessions; connecting is not timed.
+
+    Given several ports (instances of one cluster), the sessions are spread over them in turn.
+    """
     result = RunResult(target=target, concurrency=concurrency, size=size, planned=len(payloads))
-    opened = await asyncio.gather(*(open_connection(port) for _ in range(concurrency)), return_exceptions=True)
+    ports = [port] if isinstance(port, int) else list(port)
+    session_ports = [ports[number % len(ports)] for number in range(concurrency)]
+    opened = await asyncio.gather(*(open_connection(p) for p in session_ports), return_exceptions=True)
     clients = [client for client in opened if isinstance(client, aiosmtplib.SMTP)]
     failures = [failure for failure in opened if isinstance(failure, BaseException)]
     if failures:
@@ -347,7 +357,7 @@ async def measure(
     shared = Delivery(
         payloads, run_tag, iter(range(len(payloads))), started + deadline_s, result, advance, mail_options
     )
-    tasks = [asyncio.create_task(deliver(client, port, shared)) for client in clients]
+    tasks = [asyncio.create_task(deliver(client, p, shared)) for client, p in zip(clients, session_ports)]
     # Connections stop by themselves at the deadline; cancelling is the fallback for a hung server.
     done, pending = await asyncio.wait(tasks, timeout=deadline_s + SMTP_TIMEOUT_S + 5)
     result.elapsed_s = time.perf_counter() - started
@@ -392,6 +402,7 @@ class Options:
     sizes: tuple[str, ...]
     targets: tuple[str, ...]
     target_port: int | None
+    backend: str
     deadline_s: float
     budget_s: float
     startup_timeout_s: float
@@ -400,11 +411,15 @@ class Options:
     keep_tmp: bool
 
 
-def gateway_env(workdir: Path, smtp_port: int, http_port: int) -> dict[str, str]:
+def gateway_env(
+    workdir: Path, smtp_port: int, http_port: int, database_url: str | None = None, **extra: str
+) -> dict[str, str]:
+    """The environment of a benchmarked `gateway serve`: SQLite in workdir unless database_url is
+    given; a PostgreSQL gateway keeps attachment contents in the database (SPEC §10)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
     env.update(
         GATEWAY_CONFIG="/nonexistent",
-        GATEWAY_DATABASE_URL=f"sqlite:///{workdir / 'gw.db'}",
+        GATEWAY_DATABASE_URL=database_url or f"sqlite:///{workdir / 'gw.db'}",
         GATEWAY_DATA_DIR=str(workdir / "data"),
         GATEWAY_SMTP_HOST=HOST,
         GATEWAY_SMTP_PORT=str(smtp_port),
@@ -413,7 +428,20 @@ def gateway_env(workdir: Path, smtp_port: int, http_port: int) -> dict[str, str]
         GATEWAY_RELAY_URL=f"maildir:{workdir / 'sent'}",
         GATEWAY_SUPPORT_ADDRESS=RECIPIENT,
     )
+    if database_url is not None and not database_url.startswith("sqlite"):
+        env["GATEWAY_BLOB_STORE"] = "database"
+    env.update(extra)
     return env
+
+
+@contextmanager
+def gateway_database(backend: str) -> Iterator[str | None]:
+    """None for SQLite (gateway_env puts it in the working directory), else a throwaway database."""
+    if backend == "sqlite":
+        yield None
+        return
+    with throwaway_database("bench_smtp") as url:
+        yield url
 
 
 class Bench:
@@ -506,9 +534,12 @@ class Bench:
         workdir.mkdir()
         smtp_port, http_port = free_port(HOST), free_port(HOST)
         argv = [sys.executable, "-m", "gateway", "serve"]
-        env = gateway_env(workdir, smtp_port, http_port)
-        with server_process(
-            "gateway", argv, log_path=workdir / "gateway.log", env=env, cpus=self.options.cpu_plan.servers
+        with gateway_database(self.options.backend) as database_url, server_process(
+            "gateway",
+            argv,
+            log_path=workdir / "gateway.log",
+            env=gateway_env(workdir, smtp_port, http_port, database_url),
+            cpus=self.options.cpu_plan.servers,
         ) as gateway:
             try:
                 startup_s = await wait_for_http_ok(gateway, HOST, http_port, "/healthz", self.options.startup_timeout_s)
@@ -569,7 +600,10 @@ def _row(result: RunResult, vs_sink: float | None) -> list[str]:
 
 def render_table(options: Options, results: Sequence[RunResult]) -> Table:
     """One row per target, grouped by (size, concurrency); the gateway's row carries its ratio to the sink."""
-    table = Table(title=f"SMTP throughput, {options.messages} messages per run", title_justify="left")
+    title = f"SMTP throughput, {options.messages} messages per run"
+    if options.backend != "sqlite":
+        title += f", gateway on {BACKENDS[options.backend]}"
+    table = Table(title=title, title_justify="left")
     for name in ("size", "conc", "target", "acked", "msg/s", "p50 ms", "p99 ms", "vs sink"):
         table.add_column(name, justify="left" if name in ("size", "target") else "right")
     for size in options.sizes:
@@ -621,6 +655,7 @@ def figures(options: Options, bench: Bench, message_sizes: dict[str, float], out
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "settings": {
+            "backend": options.backend,
             "messages": options.messages,
             "concurrencies": list(options.concurrencies),
             "sizes": list(options.sizes),
@@ -649,11 +684,15 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated from {', '.join(SIZES)}")
     parser.add_argument("--targets", default="sink,gateway", help="comma-separated from sink, gateway")
     parser.add_argument("--target-port", type=int, help="measure only an SMTP server already listening on this port")
+    parser.add_argument(
+        "--backend", choices=list(BACKENDS), default="sqlite",
+        help="the gateway's database: a fresh SQLite file (default) or a fresh PostgreSQL database (BENCH_PG_URL)",
+    )
     parser.add_argument("--deadline", type=float, default=40.0, help="seconds one run may take (default %(default)s)")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds after which no new run starts")
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to wait for /healthz")
     parser.add_argument("--no-pin", action="store_true", help="do not pin load generator and servers to separate CPUs")
-    parser.add_argument("--out", type=Path, default=OUT_DIR / f"{NAME}.json")
+    parser.add_argument("--out", type=Path, help=f"default bench/out/{NAME}.json ({NAME}_postgresql.json with PostgreSQL)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the servers' working directories and logs")
     args = parser.parse_args(argv)
     sizes = tuple(size.strip() for size in args.sizes.split(","))
@@ -669,11 +708,12 @@ def parse_options(argv: Sequence[str]) -> Options:
         sizes=sizes,
         targets=targets,
         target_port=args.target_port,
+        backend=args.backend,
         deadline_s=args.deadline,
         budget_s=args.budget,
         startup_timeout_s=args.startup_timeout,
         cpu_plan=plan_cpus(pin=not args.no_pin and args.target_port is None),
-        out=args.out,
+        out=args.out or OUT_DIR / (NAME + ("" if args.backend == "sqlite" else f"_{args.backend}") + ".json"),
         keep_tmp=args.keep_tmp,
     )
 
