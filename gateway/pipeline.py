@@ -112,7 +112,7 @@ class Pipeline:
                 return "skipped"
             parsed = parse_message(entry.raw)  # outside the write transaction: it can be slow
             with transaction(self._engine) as session:
-                if self._shared_journal and journal.claim_pending(session=session, journal_id=journal_id) is None:
+                if self._shared_journal and not journal.claim_pending(session=session, journal_id=journal_id):
                     return "skipped"  # another instance has it right now
                 finished = processed.get_processed(session=session, journal_id=journal_id)
                 if finished is None:

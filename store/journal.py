@@ -18,18 +18,19 @@ def get_entry(*, session: Session, journal_id: int) -> JournalEntry | None:
     return session.get(JournalEntry, journal_id)
 
 
-def claim_pending(*, session: Session, journal_id: int) -> JournalEntry | None:
-    """Lock a pending entry for processing in this transaction, or None if it is not ours to do.
+def claim_pending(*, session: Session, journal_id: int) -> bool:
+    """Lock a pending entry for processing in this transaction; False if it is not ours to do.
 
     On PostgreSQL an entry another instance is processing right now is skipped, not waited for;
-    SQLite has one writer at a time, so the status check alone decides.
+    SQLite has one writer at a time, so the status check alone decides. Only the id is read: the
+    caller has the raw bytes already, and reading a 60 MiB value again costs several times that.
     """
-    statement = select(JournalEntry).where(
+    statement = select(JournalEntry.id).where(
         JournalEntry.id == journal_id, JournalEntry.status == "pending"
     )
     if session.get_bind().dialect.name == "postgresql":
         statement = statement.with_for_update(skip_locked=True)
-    return session.exec(statement).first()
+    return session.exec(statement).first() is not None
 
 
 def has_older_pending(*, session: Session, journal_id: int) -> bool:

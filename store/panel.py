@@ -42,7 +42,8 @@ def list_cases(*, session: Session, scope: Scope, offset: int, limit: int) -> Se
 
 
 def count_cases(*, session: Session, scope: Scope) -> int:
-    return session.exec(_scoped(select(func.count(col(Case.id))), scope)).one()
+    # count(*) can be answered from the (account_id, updated_at) index alone.
+    return session.exec(_scoped(select(func.count()).select_from(Case), scope)).one()
 
 
 def unread_counts(*, session: Session, case_ids: Sequence[int]) -> dict[int, int]:
