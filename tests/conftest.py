@@ -7,10 +7,12 @@ fresh PostgreSQL database per test (created on the server at GATEWAY_TEST_PG_URL
 from __future__ import annotations
 
 import asyncio
+import email
 import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from email import policy
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -191,6 +193,26 @@ def case_by_number(gateway: Gateway, number: str) -> dict[str, Any]:
         case = cases.get_case_by_number(session=session, number=number)
         assert case is not None, number
         return case_detail(session=session, case=case)
+
+
+def parsed(raw: bytes) -> EmailMessage:
+    message = email.message_from_bytes(raw, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def parsed_sent(settings: Settings) -> list[EmailMessage]:
+    return [parsed(raw) for raw in sent_mail(settings)]
+
+
+def sent_to(settings: Settings, address: str) -> list[EmailMessage]:
+    """What the relay delivered to `address` (on the To line), oldest first."""
+    return [message for message in parsed_sent(settings) if address in str(message["To"])]
+
+
+def engine_of(gateway: Gateway):  # type: ignore[no-untyped-def]
+    assert gateway.components is not None
+    return gateway.components.engine
 
 
 def sent_mail(settings: Settings) -> list[bytes]:

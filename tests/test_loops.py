@@ -6,16 +6,14 @@ us, and delivery status notifications (bounces) of our own outgoing mail.
 
 from __future__ import annotations
 
-import email
 import re
 from datetime import timedelta
-from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import update
 from sqlmodel import select
 
 from gateway.service import Gateway
@@ -28,36 +26,21 @@ from tests.conftest import (
     SUPPORT,
     all_cases,
     case_by_number,
+    engine_of,
     make_mail,
+    parsed,
+    parsed_sent,
     send,
     sent_mail,
+    sent_to,
     settle,
 )
 
 CUSTOMER = "jan.kowalski@klient.example"
 
 
-def engine(gateway: Gateway) -> Engine:
-    assert gateway.components is not None
-    return gateway.components.engine
-
-
-def parsed(raw: bytes) -> EmailMessage:
-    message = email.message_from_bytes(raw, policy=policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
-
-
-def parsed_sent(settings: Settings) -> list[EmailMessage]:
-    return [parsed(raw) for raw in sent_mail(settings)]
-
-
-def sent_to(settings: Settings, address: str) -> list[EmailMessage]:
-    return [m for m in parsed_sent(settings) if address in str(m["To"])]
-
-
 def outbox_count(gateway: Gateway) -> int:
-    with reading(engine(gateway)) as session:
+    with reading(engine_of(gateway)) as session:
         return len(session.exec(select(OutboxItem)).all())
 
 
@@ -151,7 +134,7 @@ async def test_the_limit_counts_only_the_last_hour(gateway, settings):
     for number in range(5):
         await send(settings, make_mail(sender=CUSTOMER, subject=f"Pytanie {number}"))
     await settle(gateway, outbox=True)
-    with transaction(engine(gateway)) as session:
+    with transaction(engine_of(gateway)) as session:
         session.execute(update(OutboxItem).values(created_at=utcnow() - timedelta(minutes=61)))
     await deliver(gateway, settings, make_mail(sender=CUSTOMER, subject="Po godzinie"))
     assert len(sent_to(settings, CUSTOMER)) == 6
@@ -242,7 +225,7 @@ async def _case_with_ack(gateway: Gateway, settings: Settings) -> tuple[dict[str
 
 
 def _set_status(gateway: Gateway, number: str, status: str, *, closed_days_ago: float | None = None) -> None:
-    with transaction(engine(gateway)) as session:
+    with transaction(engine_of(gateway)) as session:
         case = session.exec(select(Case).where(Case.number == number)).one()
         case.status = status
         if closed_days_ago is not None:
@@ -251,7 +234,7 @@ def _set_status(gateway: Gateway, number: str, status: str, *, closed_days_ago: 
 
 
 def _ack_row(gateway: Gateway) -> OutboxItem:
-    with reading(engine(gateway)) as session:
+    with reading(engine_of(gateway)) as session:
         return session.exec(select(OutboxItem).where(OutboxItem.kind == "ack")).one()
 
 

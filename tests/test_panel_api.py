@@ -30,8 +30,8 @@ from tests.conftest import (
     SUPPORT,
     case_by_number,
     make_mail,
+    parsed_sent,
     send,
-    sent_mail,
     settle,
 )
 
@@ -109,10 +109,6 @@ def journal_count(gateway: Gateway) -> int:
     assert gateway.components is not None
     with reading(gateway.components.journal_engine) as session:
         return session.exec(select(func.count()).select_from(JournalEntry)).one()
-
-
-def parsed_sent(settings: Settings) -> list[EmailMessage]:
-    return [email.message_from_bytes(raw, policy=policy.default) for raw in sent_mail(settings)]  # type: ignore[misc]
 
 
 @pytest.fixture

@@ -7,17 +7,14 @@ from the support address, threaded under their own message. Commands, strangers 
 
 from __future__ import annotations
 
-import email
 import re
 import textwrap
 from datetime import timedelta
-from email import policy
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 from sqlmodel import select
 
 from gateway.jobs import auto_close
@@ -33,7 +30,9 @@ from tests.conftest import (
     SUPPORT,
     all_cases,
     case_by_number,
+    engine_of,
     make_mail,
+    parsed,
     send,
     sent_mail,
     settle,
@@ -43,18 +42,7 @@ CUSTOMER = "jan.kowalski@klient.example"
 STAFF_NAME = "Anna Nowak"
 
 
-def engine(gateway: Gateway) -> Engine:
-    assert gateway.components is not None
-    return gateway.components.engine
-
-
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def parsed(raw: bytes) -> EmailMessage:
-    message = email.message_from_bytes(raw, policy=policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
 
 
 def mail_to(settings: Settings, address: str) -> list[EmailMessage]:
@@ -72,7 +60,7 @@ def attachment_names(message: EmailMessage) -> list[str]:
 
 
 def set_english(gateway: Gateway, customer: str = CUSTOMER) -> None:
-    with transaction(engine(gateway)) as session:
+    with transaction(engine_of(gateway)) as session:
         directory.replace_account(
             session=session, account_id="acme", name="ACME Ltd", language="en",
             services=[], contacts=[("representative", "John Smith", customer)],
@@ -403,7 +391,7 @@ async def test_a_forged_staff_token_is_no_staff_reply(gateway, settings):
 
 
 def _age(gateway: Gateway, number: str, days: float) -> None:
-    with transaction(engine(gateway)) as session:
+    with transaction(engine_of(gateway)) as session:
         case = session.exec(select(Case).where(Case.number == number)).one()
         case.updated_at = utcnow() - timedelta(days=days)
         session.add(case)
@@ -452,5 +440,5 @@ async def test_a_closed_case_reopens_when_the_customer_writes(gateway, settings)
                                                body="Jednak jeszcze pytanie.", in_reply_to=told["Message-ID"]))
     assert _status(gateway, case["number"]) == "open"
     assert len(all_cases(gateway)) == 1
-    with reading(engine(gateway)) as session:
+    with reading(engine_of(gateway)) as session:
         assert session.exec(select(Case).where(Case.number == case["number"])).one().closed_at is None

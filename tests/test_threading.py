@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import email
 from datetime import timedelta
-from email import policy
 from email.message import EmailMessage
 
 from sqlmodel import select
 
 from store.db import reading, transaction
 from store.models import Case, SecurityEvent, utcnow
-from tests.conftest import all_cases, case_by_number, make_mail, send, sent_mail, settle
+from tests.conftest import all_cases, case_by_number, make_mail, send, sent_to, settle
 
 CUSTOMER = "jan.kowalski@klient.example"
-
-
-def _parsed_sent(settings, *, to: str) -> list[EmailMessage]:
-    parsed = [email.message_from_bytes(raw, policy=policy.default) for raw in sent_mail(settings)]
-    return [message for message in parsed if to in str(message["To"])]
 
 
 async def _open_case(gateway, settings, **fields) -> tuple[dict, EmailMessage]:
@@ -26,7 +19,7 @@ async def _open_case(gateway, settings, **fields) -> tuple[dict, EmailMessage]:
     assert (await send(settings, first))[0] == 250
     await settle(gateway, outbox=True)
     case = all_cases(gateway)[-1]
-    ack = _parsed_sent(settings, to=str(first["From"]))[-1]
+    ack = sent_to(settings, str(first["From"]))[-1]
     return case, ack
 
 
@@ -37,7 +30,7 @@ async def test_new_mail_opens_a_case_and_the_ack_threads_in_the_customers_client
     [case] = all_cases(gateway)
     assert case["status"] == "open" and case["requester"] == CUSTOMER
     assert case["subject"] == "Nie działa poczta"
-    [ack] = _parsed_sent(settings, to=CUSTOMER)
+    [ack] = sent_to(settings, CUSTOMER)
     assert f"[#{case['number']}]" in ack["Subject"]
     assert ack["In-Reply-To"] == first["Message-ID"]
     assert first["Message-ID"] in ack["References"]
@@ -106,7 +99,7 @@ async def test_stranger_quoting_a_case_number_gets_a_case_of_their_own(gateway, 
     own = cases_now[-1]
     assert own["requester"] == stranger and own["number"] != case["number"]
     # the stranger is told about their own case only
-    [notice] = _parsed_sent(settings, to=stranger)
+    [notice] = sent_to(settings, stranger)
     rendered = notice.as_string()
     assert own["number"] in rendered and case["number"] not in notice.get_body(("plain",)).get_content()
     with reading(gateway.components.engine) as session:
@@ -175,7 +168,7 @@ async def test_the_same_message_twice_is_stored_once(gateway, settings):
     await settle(gateway, outbox=True)
     [case] = all_cases(gateway)
     assert [m["direction"] for m in case["messages"]] == ["inbound", "outbound"]
-    assert len(_parsed_sent(settings, to=CUSTOMER)) == 1
+    assert len(sent_to(settings, CUSTOMER)) == 1
 
 
 async def test_polish_charsets_in_headers_and_bodies(gateway, settings):
