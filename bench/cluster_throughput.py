@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack, ExitStack
@@ -36,22 +34,20 @@ from rich.table import Table
 from sqlalchemy import Engine, create_engine, text
 
 from bench.common import (
-    OUT_DIR,
     CpuPlan,
+    RunClock,
+    add_run_options,
     free_port,
-    git_state,
-    load_average,
-    machine,
     make_console,
-    now_iso,
     pin_this_process,
     plan_cpus,
     ratio_or_nan,
     rounded,
+    scratch_dir,
     server_process,
     wait_for_http_ok,
     wait_for_port,
-    write_json,
+    write_report,
 )
 from bench.pg import NoPostgres, throwaway_database
 from bench.smtp_throughput import HOST, SIZES, Payload, RunResult, build_payloads, gateway_env, measure
@@ -222,9 +218,8 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument("--deadline", type=float, default=40.0, help="seconds one run may take (%(default)s)")
     parser.add_argument("--drain-timeout", type=float, default=90.0,
                         help="seconds to wait for the pipeline after the last 250 (%(default)s)")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin load generator and servers to separate CPUs")
-    parser.add_argument("--out", type=Path, default=OUT_DIR / f"{NAME}.json")
-    parser.add_argument("--keep-tmp", action="store_true", help="keep the gateways' working directories and logs")
+    add_run_options(parser, NAME, no_pin_help="do not pin load generator and servers to separate CPUs",
+                    keep_tmp_help="keep the gateways' working directories and logs")
     args = parser.parse_args(argv)
     return Options(
         messages=args.messages or (QUICK_MESSAGES if args.quick else MESSAGES),
@@ -240,18 +235,13 @@ def main(argv: Sequence[str] = ()) -> int:
     options = parse_options(argv)
     console = make_console()
     pin_this_process(options.cpu_plan.client)
-    load_before, started = load_average(), time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    try:
-        sink, runs = asyncio.run(run_all(options, tmp, console))
-    except NoPostgres as error:
-        console.print(f"[yellow]skipped:[/yellow] {error}")
-        return 0
-    finally:
-        if options.keep_tmp:
-            console.print(f"working directories kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    clock = RunClock.start()
+    with scratch_dir("bench-cluster-", keep=options.keep_tmp, console=console) as tmp:
+        try:
+            sink, runs = asyncio.run(run_all(options, tmp, console))
+        except NoPostgres as error:
+            console.print(f"[yellow]skipped:[/yellow] {error}")
+            return 0
     sink_row = row_figures(sink, sink)
     clusters = [cluster_figures(run, sink) for run in runs]
     console.print(render(sink_row, clusters, options.messages))
@@ -261,21 +251,10 @@ def main(argv: Sequence[str] = ()) -> int:
     if len(clusters) == 2 and clusters[0]["msg_per_s"]:
         gain = clusters[1]["msg_per_s"] / clusters[0]["msg_per_s"]
         console.print(f"two instances acknowledge {gain:.2f}× what one does")
-    load_after = load_average()
-    console.print(f"{options.cpu_plan.describe()}; load average before/after: {load_before} / {load_after}; "
-                  f"{time.monotonic() - started:.0f} s")
-    figures = {
-        "benchmark": NAME,
-        "finished_at": now_iso(),
-        "machine": machine(),
-        "git": git_state(),
-        "settings": {"messages": options.messages, "concurrency": CONCURRENCY, "size": SIZE,
-                     "deadline_per_run_s": options.deadline_s, "pinning": options.cpu_plan.describe()},
-        "load_average_1min": {"before": load_before, "after": load_after},
-        "sink": sink_row,
-        "clusters": clusters,
-    }
-    console.print(f"figures written to {write_json(options.out, figures)}")
+    clock.print_footer(console, options.cpu_plan.describe())
+    settings = {"messages": options.messages, "concurrency": CONCURRENCY, "size": SIZE,
+                "deadline_per_run_s": options.deadline_s, "pinning": options.cpu_plan.describe()}
+    write_report(console, options.out, NAME, settings, clock, sink=sink_row, clusters=clusters)
     return 0
 
 

@@ -6,15 +6,18 @@ figures to bench/out/ (git-ignored).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import json
 import math
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -285,3 +288,66 @@ def make_console() -> Console:
     """A rich console; when the output is a file or a pipe, wide enough for the tables."""
     console = Console()
     return console if console.is_terminal else Console(width=140)
+
+
+# --------------------------------------------------------------------------------------------
+# The scaffolding of a benchmark's main(): command line, scratch directory, footer, report
+
+
+def add_run_options(parser: argparse.ArgumentParser, name: str, *, keep_tmp_help: str, no_pin_help: str | None) -> None:
+    """The options every benchmark ends with: --no-pin (unless no_pin_help is None), --out, --keep-tmp."""
+    if no_pin_help is not None:
+        parser.add_argument("--no-pin", action="store_true", help=no_pin_help)
+    parser.add_argument("--out", type=Path, default=OUT_DIR / f"{name}.json")
+    parser.add_argument("--keep-tmp", action="store_true", help=keep_tmp_help)
+
+
+@contextmanager
+def scratch_dir(prefix: str, *, keep: bool, console: Console, kept: str = "working directories") -> Iterator[Path]:
+    """A fresh temporary directory for the block; removed afterwards unless keep (then its path is printed)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+    finally:
+        if keep:
+            console.print(f"{kept} kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class RunClock:
+    """The load average before and after a benchmark, and how long it took."""
+
+    load_before: str
+    started: float
+    load_after: str = "?"
+
+    @classmethod
+    def start(cls) -> RunClock:
+        return cls(load_before=load_average(), started=time.monotonic())
+
+    def print_footer(self, console: Console, pinning: str | None) -> None:
+        """Read the load average again and print the closing line (prefixed by the pinning, if any)."""
+        self.load_after = load_average()
+        prefix = "load average" if pinning is None else f"{pinning}; load average"
+        console.print(f"{prefix} before/after: {self.load_before} / {self.load_after}; "
+                      f"{time.monotonic() - self.started:.0f} s")
+
+
+def write_report(
+    console: Console, path: Path, name: str, settings: Mapping[str, Any], clock: RunClock, **figures: Any
+) -> Path:
+    """Write the benchmark's JSON (common header, settings, load average, then `figures`) and say where."""
+    data = {
+        "benchmark": name,
+        "finished_at": now_iso(),
+        "machine": machine(),
+        "git": git_state(),
+        "settings": dict(settings),
+        "load_average_1min": {"before": clock.load_before, "after": clock.load_after},
+        **figures,
+    }
+    written = write_json(path, data)
+    console.print(f"figures written to {written}")
+    return written

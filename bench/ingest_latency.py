@@ -29,7 +29,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -48,19 +47,17 @@ from sqlalchemy import text
 
 from bench import dataset as ds
 from bench.common import (
-    OUT_DIR,
     Latencies,
-    git_state,
-    load_average,
-    machine,
+    RunClock,
+    add_run_options,
     make_console,
-    now_iso,
     pin_this_process,
     ratio_or_nan,
     rounded,
+    scratch_dir,
     verdict,
     verdict_markup,
-    write_json,
+    write_report,
 )
 from bench.pg import NoPostgres, create_database, drop_database
 from bench.smtp_throughput import CUSTOMERS, SUBJECTS, polish_text
@@ -387,8 +384,7 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument("--messages", type=int, help="timed messages per database (overrides --quick)")
     parser.add_argument("--warm-up", type=int, default=WARM_UP, help="untimed messages first (%(default)s)")
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated (%(default)s)")
-    parser.add_argument("--out", type=Path, default=OUT_DIR / f"{NAME}.json")
-    parser.add_argument("--keep-tmp", action="store_true", help="keep the SQLite files and logs")
+    add_run_options(parser, NAME, no_pin_help=None, keep_tmp_help="keep the SQLite files and logs")
     args = parser.parse_args(argv)
     backends = tuple(name.strip() for name in args.backends.split(","))
     if not set(backends) <= {"sqlite", "postgresql"}:
@@ -408,23 +404,17 @@ def main(argv: Sequence[str] = ()) -> int:
     console = make_console()
     pin_this_process(None)  # the pipeline runs in this process; PostgreSQL wherever the kernel likes
     os.environ["GATEWAY_CONFIG"] = "/nonexistent"  # the components get every setting explicitly
-    load_before, started = load_average(), time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    clock = RunClock.start()
     results: list[dict[str, Any]] = []
     notes: list[str] = []
     if options.large != LARGE:
         notes.append(f"the large database holds {options.large:,} cases, not {LARGE:,} (--quick or --cases)")
-    try:
+    with scratch_dir("bench-ingest-", keep=options.keep_tmp, console=console) as tmp:
         for backend in options.backends:
             try:
                 results.append(run_backend(backend, options, console, tmp))
             except NoPostgres as error:
                 notes.append(f"{backend} skipped: {error}")
-    finally:
-        if options.keep_tmp:
-            console.print(f"working directories kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     console.print(render(results, options))
     for result in results:
         console.print(
@@ -436,21 +426,12 @@ def main(argv: Sequence[str] = ()) -> int:
                 console.print(f"[yellow]unexpected outcome ({result['backend']}, {size['cases']:,}):[/yellow] {line}")
     for note in notes:
         console.print(f"[yellow]note:[/yellow] {note}")
-    console.print(f"load average before/after: {load_before} / {load_average()}; {time.monotonic() - started:.0f} s")
-    figures = {
-        "benchmark": NAME,
-        "finished_at": now_iso(),
-        "machine": machine(),
-        "git": git_state(),
-        "settings": {
-            "small_cases": SMALL, "large_cases": options.large, "messages": options.messages,
-            "warm_up": options.warm_up, "kinds_percent": KINDS, "cases_per_account": CASES_PER_ACCOUNT,
-        },
-        "load_average_1min": {"before": load_before, "after": load_average()},
-        "results": results,
-        "notes": notes,
+    clock.print_footer(console, None)
+    settings = {
+        "small_cases": SMALL, "large_cases": options.large, "messages": options.messages,
+        "warm_up": options.warm_up, "kinds_percent": KINDS, "cases_per_account": CASES_PER_ACCOUNT,
     }
-    console.print(f"figures written to {write_json(options.out, figures)}")
+    write_report(console, options.out, NAME, settings, clock, results=results, notes=notes)
     return 0
 
 

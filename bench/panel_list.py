@@ -20,7 +20,6 @@ import math
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,25 +33,23 @@ from rich.table import Table
 
 from bench import dataset as ds
 from bench.common import (
-    OUT_DIR,
     CpuPlan,
     Latencies,
+    RunClock,
     ServerFailed,
+    add_run_options,
     free_port,
-    git_state,
-    load_average,
-    machine,
     make_console,
-    now_iso,
     pin_this_process,
     plan_cpus,
     ratio_or_nan,
     rounded,
+    scratch_dir,
     server_process,
     verdict,
     verdict_markup,
     wait_for_http_ok,
-    write_json,
+    write_report,
 )
 from bench.pg import NoPostgres, throwaway_database
 from bench.smtp_throughput import HOST, gateway_env
@@ -244,9 +241,8 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_REQUESTS} requests instead of {REQUESTS}")
     parser.add_argument("--requests", type=int, help="timed requests of each kind (overrides --quick)")
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated (%(default)s)")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin client and server to separate CPUs")
-    parser.add_argument("--out", type=Path, default=OUT_DIR / f"{NAME}.json")
-    parser.add_argument("--keep-tmp", action="store_true", help="keep the SQLite files and the gateway's log")
+    add_run_options(parser, NAME, no_pin_help="do not pin client and server to separate CPUs",
+                    keep_tmp_help="keep the SQLite files and the gateway's log")
     args = parser.parse_args(argv)
     backends = tuple(name.strip() for name in args.backends.split(","))
     if not set(backends) <= {"sqlite", "postgresql"}:
@@ -265,21 +261,15 @@ def main(argv: Sequence[str] = ()) -> int:
     options = parse_options(argv)
     console = make_console()
     pin_this_process(options.cpu_plan.client)
-    load_before, started = load_average(), time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-panel-"))
+    clock = RunClock.start()
     results, notes = [], []
-    try:
+    with scratch_dir("bench-panel-", keep=options.keep_tmp, console=console) as tmp:
         for backend in options.backends:
             try:
                 results.append(summary(run_backend(backend, options, tmp)))
             except NoPostgres as error:
                 notes.append(f"{backend} skipped: {error}")
             console.log(f"{backend} done")
-    finally:
-        if options.keep_tmp:
-            console.print(f"working directories kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     console.print(render(results, options.requests))
     for result in results:
         console.print(
@@ -290,23 +280,12 @@ def main(argv: Sequence[str] = ()) -> int:
             console.print(f"[red]{result['backend']}:[/red] {error}", highlight=False)
     for note in notes:
         console.print(f"[yellow]note:[/yellow] {note}")
-    load_after = load_average()
-    console.print(f"{options.cpu_plan.describe()}; load average before/after: {load_before} / {load_after}; "
-                  f"{time.monotonic() - started:.0f} s")
-    figures = {
-        "benchmark": NAME,
-        "finished_at": now_iso(),
-        "machine": machine(),
-        "git": git_state(),
-        "settings": {
-            "cases": CASES, "account_cases": FOCUS_CASES, "per_page": PER_PAGE, "requests": options.requests,
-            "warm_up": options.warm_up, "pinning": options.cpu_plan.describe(),
-        },
-        "load_average_1min": {"before": load_before, "after": load_after},
-        "results": results,
-        "notes": notes,
+    clock.print_footer(console, options.cpu_plan.describe())
+    settings = {
+        "cases": CASES, "account_cases": FOCUS_CASES, "per_page": PER_PAGE, "requests": options.requests,
+        "warm_up": options.warm_up, "pinning": options.cpu_plan.describe(),
     }
-    console.print(f"figures written to {write_json(options.out, figures)}")
+    write_report(console, options.out, NAME, settings, clock, results=results, notes=notes)
     return 0
 
 

@@ -24,9 +24,7 @@ import argparse
 import asyncio
 import base64
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -40,23 +38,21 @@ from rich.table import Table
 from sqlalchemy import create_engine, text
 
 from bench.common import (
-    OUT_DIR,
     CpuPlan,
+    RunClock,
     ServerFailed,
+    add_run_options,
     free_port,
-    git_state,
-    load_average,
-    machine,
     make_console,
-    now_iso,
     pin_this_process,
     plan_cpus,
+    scratch_dir,
     server_process,
     verdict,
     verdict_markup,
     wait_for_http_ok,
     wait_for_port,
-    write_json,
+    write_report,
 )
 from bench.pg import NoPostgres, throwaway_database
 from bench.smtp_throughput import CUSTOMERS, HOST, RECIPIENT, SMTP_TIMEOUT_S, gateway_env
@@ -341,9 +337,8 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument("--quick", action="store_true", help="SQLite only")
     parser.add_argument("--backends", help="comma-separated from sqlite, postgresql (default: both; --quick: sqlite)")
     parser.add_argument("--mib", type=float, default=WIRE_BYTES / MIB, help="size of each message (%(default)s MiB)")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin client and server to separate CPUs")
-    parser.add_argument("--out", type=Path, default=OUT_DIR / f"{NAME}.json")
-    parser.add_argument("--keep-tmp", action="store_true", help="keep the gateway's working directory and log")
+    add_run_options(parser, NAME, no_pin_help="do not pin client and server to separate CPUs",
+                    keep_tmp_help="keep the gateway's working directory and log")
     args = parser.parse_args(argv)
     backends = tuple(b.strip() for b in (args.backends or ("sqlite" if args.quick else "sqlite,postgresql")).split(","))
     if not set(backends) <= {"sqlite", "postgresql"}:
@@ -361,11 +356,10 @@ def main(argv: Sequence[str] = ()) -> int:
     options = parse_options(argv)
     console = make_console()
     pin_this_process(options.cpu_plan.client)
-    load_before, started = load_average(), time.monotonic()
+    clock = RunClock.start()
     messages = [big_message(number, options.wire_bytes) for number in range(MESSAGES)]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     results, notes = [], []
-    try:
+    with scratch_dir("bench-memory-", keep=options.keep_tmp, console=console) as tmp:
         results.append(summary(run_sink(messages, options, tmp)))
         for backend in options.backends:
             try:
@@ -373,11 +367,6 @@ def main(argv: Sequence[str] = ()) -> int:
             except NoPostgres as error:
                 notes.append(f"{backend} skipped: {error}")
             console.log(f"{backend} done")
-    finally:
-        if options.keep_tmp:
-            console.print(f"working directories kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     console.print(render(results))
     for result in results[1:]:
         ratio = result["ratio_to_in_flight"]
@@ -390,21 +379,10 @@ def main(argv: Sequence[str] = ()) -> int:
             console.print(f"[red]{result['backend']}:[/red] {result['error']}", highlight=False)
     for note in notes:
         console.print(f"[yellow]note:[/yellow] {note}")
-    load_after = load_average()
-    console.print(f"{options.cpu_plan.describe()}; load average before/after: {load_before} / {load_after}; "
-                  f"{time.monotonic() - started:.0f} s")
-    figures = {
-        "benchmark": NAME,
-        "finished_at": now_iso(),
-        "machine": machine(),
-        "git": git_state(),
-        "settings": {"messages": MESSAGES, "wire_bytes_each": options.wire_bytes, "sample_interval_s": SAMPLE_S,
-                     "pinning": options.cpu_plan.describe()},
-        "load_average_1min": {"before": load_before, "after": load_after},
-        "results": results,
-        "notes": notes,
-    }
-    console.print(f"figures written to {write_json(options.out, figures)}")
+    clock.print_footer(console, options.cpu_plan.describe())
+    settings = {"messages": MESSAGES, "wire_bytes_each": options.wire_bytes, "sample_interval_s": SAMPLE_S,
+                "pinning": options.cpu_plan.describe()}
+    write_report(console, options.out, NAME, settings, clock, results=results, notes=notes)
     return 0
 
 

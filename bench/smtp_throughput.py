@@ -31,9 +31,7 @@ import os
 import platform
 import random
 import secrets
-import shutil
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -60,6 +58,7 @@ from bench.common import (
     percentile,
     pin_this_process,
     plan_cpus,
+    scratch_dir,
     server_process,
     wait_for_http_ok,
     wait_for_port,
@@ -743,18 +742,12 @@ def main(argv: Sequence[str] = ()) -> int:
         if console.is_terminal
         else None
     )
-    tmp = Path(tempfile.mkdtemp(prefix="bench-smtp-"))
-    try:
+    with scratch_dir("bench-smtp-", keep=options.keep_tmp, console=console, kept="servers' working directories") as tmp:
         if progress is not None:
             with progress:
                 bench = asyncio.run(run_bench(options, console, progress, tmp))
         else:
             bench = asyncio.run(run_bench(options, console, progress, tmp))
-    finally:
-        if options.keep_tmp:
-            console.print(f"servers' working directories kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     outcome = report(console, options, bench, bench.message_sizes)
     path = write_json(options.out, figures(options, bench, bench.message_sizes, outcome))
     console.print(f"figures written to {path}")
