@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench system-deps clean
+.PHONY: install run test lint bench system-deps clean
 
 install: $(STAMP)
 
@@ -21,8 +21,15 @@ run: install
 system-deps:
 	bash tests/install-system-deps.sh
 
-# The whole suite on SQLite, then every database-dependent test again on PostgreSQL.
-test: install system-deps
+# ruff (lint + format check), mypy, and no import cycle in gateway/ and store/.
+lint: install
+	$(PY) -m ruff check gateway store tests bench
+	$(PY) -m ruff format --check gateway store tests bench
+	$(PY) -m mypy
+	$(PY) tools/import_cycles.py gateway store
+
+# Lint, the whole suite on SQLite, then every database-dependent test again on PostgreSQL.
+test: install system-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	GATEWAY_TEST_BACKEND=postgresql $(PY) -m pytest $(PYTEST_ARGS)
 

@@ -109,15 +109,25 @@ async def measure_cluster(instances: int, payloads: Sequence[Payload], options: 
             smtp_port, http_port = free_port(HOST), free_port(HOST)
             env = gateway_env(workdir, smtp_port, http_port, url, GATEWAY_INSTANCE_NAME=f"bench-gw{number}")
             gateway = processes.enter_context(
-                server_process("gateway", [sys.executable, "-m", "gateway", "serve"],
-                               log_path=workdir / "gateway.log", env=env, cpus=options.cpu_plan.servers)
+                server_process(
+                    "gateway",
+                    [sys.executable, "-m", "gateway", "serve"],
+                    log_path=workdir / "gateway.log",
+                    env=env,
+                    cpus=options.cpu_plan.servers,
+                )
             )
             await wait_for_http_ok(gateway, HOST, http_port, "/healthz", STARTUP_TIMEOUT_S)
             ports.append(smtp_port)
         startup_s = time.perf_counter() - started
         result = await measure(
-            target=f"gateway x{instances}", port=ports, payloads=payloads, size=SIZE,
-            concurrency=CONCURRENCY, deadline_s=options.deadline_s, advance=lambda: None,
+            target=f"gateway x{instances}",
+            port=ports,
+            payloads=payloads,
+            size=SIZE,
+            concurrency=CONCURRENCY,
+            deadline_s=options.deadline_s,
+            advance=lambda: None,
         )
         drain_s, processed = await wait_drained(url, options.drain_timeout_s)
         return ClusterRun(instances, result, drain_s=drain_s, processed=processed, startup_s=startup_s)
@@ -127,8 +137,15 @@ async def run_all(options: Options, tmp: Path, console: Any) -> tuple[RunResult,
     payloads = build_payloads(options.messages, SIZES[SIZE])
     async with AsyncExitStack() as stack:
         sink_port = await start_sink(stack, tmp, options.cpu_plan.servers)
-        sink = await measure(target="sink", port=sink_port, payloads=payloads, size=SIZE,
-                             concurrency=CONCURRENCY, deadline_s=options.deadline_s, advance=lambda: None)
+        sink = await measure(
+            target="sink",
+            port=sink_port,
+            payloads=payloads,
+            size=SIZE,
+            concurrency=CONCURRENCY,
+            deadline_s=options.deadline_s,
+            advance=lambda: None,
+        )
         console.log(f"sink: {sink.msg_per_s:.0f} msg/s")
     runs = []
     for instances in (1, 2):
@@ -144,8 +161,21 @@ async def run_all(options: Options, tmp: Path, console: Any) -> tuple[RunResult,
 def row_figures(result: RunResult, sink: RunResult) -> dict[str, Any]:
     mine, base = result.summary(), sink.summary()
     return {
-        **{key: mine[key] for key in ("target", "ok", "planned", "errors", "elapsed_s", "msg_per_s", "p50_ms", "p99_ms",
-                                      "timed_out", "first_error")},
+        **{
+            key: mine[key]
+            for key in (
+                "target",
+                "ok",
+                "planned",
+                "errors",
+                "elapsed_s",
+                "msg_per_s",
+                "p50_ms",
+                "p99_ms",
+                "timed_out",
+                "first_error",
+            )
+        },
         "msg_per_s_vs_sink": rounded(ratio_or_nan(result.msg_per_s, sink.msg_per_s), 3),
         "p50_vs_sink": rounded(ratio_or_nan(_f(mine["p50_ms"]), _f(base["p50_ms"])), 2),
         "p99_vs_sink": rounded(ratio_or_nan(_f(mine["p99_ms"]), _f(base["p99_ms"])), 2),
@@ -162,21 +192,37 @@ def cluster_figures(run: ClusterRun, sink: RunResult) -> dict[str, Any]:
     if run.drain_s is not None and run.result.ok:
         through = round(run.result.ok / (run.result.elapsed_s + run.drain_s), 1)
     return {
-        "instances": run.instances, **figures, "startup_s": round(run.startup_s, 2),
+        "instances": run.instances,
+        **figures,
+        "startup_s": round(run.startup_s, 2),
         "drain_s": None if run.drain_s is None else round(run.drain_s, 2),
-        "journal_entries_processed": run.processed, "processed_msg_per_s": through,
+        "journal_entries_processed": run.processed,
+        "processed_msg_per_s": through,
     }
 
 
 def render(sink: dict[str, Any], clusters: Sequence[dict[str, Any]], messages: int) -> Table:
     table = Table(title=f"SMTP on PostgreSQL, c={CONCURRENCY}, {SIZE}, {messages} messages", title_justify="left")
-    for name in ("target", "acked", "msg/s", "p50 ms", "p99 ms", "msg/s vs sink", "p50 vs sink", "p99 vs sink",
-                 "drained after s", "processed msg/s"):
+    for name in (
+        "target",
+        "acked",
+        "msg/s",
+        "p50 ms",
+        "p99 ms",
+        "msg/s vs sink",
+        "p50 vs sink",
+        "p99 vs sink",
+        "drained after s",
+        "processed msg/s",
+    ):
         table.add_column(name, justify="left" if name == "target" else "right")
     for row in (sink, *clusters):
         is_sink = row["target"] == "sink"
         table.add_row(
-            row["target"], f"{row['ok']}/{row['planned']}", f"{row['msg_per_s']:,.0f}", _ms(row["p50_ms"]),
+            row["target"],
+            f"{row['ok']}/{row['planned']}",
+            f"{row['msg_per_s']:,.0f}",
+            _ms(row["p50_ms"]),
             _ms(row["p99_ms"]),
             "" if is_sink else _ratio(row["msg_per_s_vs_sink"], percent=True),
             "" if is_sink else _ratio(row["p50_vs_sink"]),
@@ -216,10 +262,18 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES} messages instead of {MESSAGES}")
     parser.add_argument("--messages", type=int, help="messages per run (overrides --quick)")
     parser.add_argument("--deadline", type=float, default=40.0, help="seconds one run may take (%(default)s)")
-    parser.add_argument("--drain-timeout", type=float, default=90.0,
-                        help="seconds to wait for the pipeline after the last 250 (%(default)s)")
-    add_run_options(parser, NAME, no_pin_help="do not pin load generator and servers to separate CPUs",
-                    keep_tmp_help="keep the gateways' working directories and logs")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=90.0,
+        help="seconds to wait for the pipeline after the last 250 (%(default)s)",
+    )
+    add_run_options(
+        parser,
+        NAME,
+        no_pin_help="do not pin load generator and servers to separate CPUs",
+        keep_tmp_help="keep the gateways' working directories and logs",
+    )
     args = parser.parse_args(argv)
     return Options(
         messages=args.messages or (QUICK_MESSAGES if args.quick else MESSAGES),
@@ -252,8 +306,13 @@ def main(argv: Sequence[str] = ()) -> int:
         gain = clusters[1]["msg_per_s"] / clusters[0]["msg_per_s"]
         console.print(f"two instances acknowledge {gain:.2f}× what one does")
     clock.print_footer(console, options.cpu_plan.describe())
-    settings = {"messages": options.messages, "concurrency": CONCURRENCY, "size": SIZE,
-                "deadline_per_run_s": options.deadline_s, "pinning": options.cpu_plan.describe()}
+    settings = {
+        "messages": options.messages,
+        "concurrency": CONCURRENCY,
+        "size": SIZE,
+        "deadline_per_run_s": options.deadline_s,
+        "pinning": options.cpu_plan.describe(),
+    }
     write_report(console, options.out, NAME, settings, clock, sink=sink_row, clusters=clusters)
     return 0
 

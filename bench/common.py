@@ -154,14 +154,16 @@ async def wait_for_port(process: ServerProcess, host: str, port: int, timeout_s:
         process.check_alive()
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=2)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
         else:
             writer.close()
             await writer.wait_closed()
             return
         if time.monotonic() > deadline:
-            raise ServerFailed(f"{process.name} not listening on {host}:{port} after {timeout_s:.0f} s\n{process.log_tail()}")
+            raise ServerFailed(
+                f"{process.name} not listening on {host}:{port} after {timeout_s:.0f} s\n{process.log_tail()}"
+            )
         await asyncio.sleep(0.1)
 
 
@@ -169,13 +171,13 @@ async def http_status(host: str, port: int, path: str, timeout_s: float = 2.0) -
     """The status code of GET path, or None if there is no answer."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=timeout_s)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return None
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), timeout=timeout_s)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return None
     finally:
         writer.close()
@@ -232,7 +234,7 @@ def git_state() -> dict[str, Any]:
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -331,8 +333,9 @@ class RunClock:
         """Read the load average again and print the closing line (prefixed by the pinning, if any)."""
         self.load_after = load_average()
         prefix = "load average" if pinning is None else f"{pinning}; load average"
-        console.print(f"{prefix} before/after: {self.load_before} / {self.load_after}; "
-                      f"{time.monotonic() - self.started:.0f} s")
+        console.print(
+            f"{prefix} before/after: {self.load_before} / {self.load_after}; {time.monotonic() - self.started:.0f} s"
+        )
 
 
 def write_report(

@@ -30,7 +30,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,25 +51,88 @@ CHUNK = 20_000  # cases per executemany / COPY round
 RECENT_DAYS = 14  # younger cases are open or answered, older ones closed
 
 CASE_COLUMNS = (
-    "id", "number", "subject", "status", "requester", "requester_name", "language", "category",
-    "account_id", "service_id", "follows_case_id", "created_at", "updated_at", "closed_at", "message_count",
+    "id",
+    "number",
+    "subject",
+    "status",
+    "requester",
+    "requester_name",
+    "language",
+    "category",
+    "account_id",
+    "service_id",
+    "follows_case_id",
+    "created_at",
+    "updated_at",
+    "closed_at",
+    "message_count",
 )
 PARTICIPANT_COLUMNS = ("id", "case_id", "email")
 MESSAGE_COLUMNS = (
-    "id", "case_id", "journal_id", "direction", "source", "message_id", "sender", "from_header",
-    "to_header", "cc_header", "subject", "date", "text", "html", "auto_generated", "raw_sha256",
-    "defects", "outbox_id", "delivery_status", "read_at", "received_at", "created_at",
+    "id",
+    "case_id",
+    "journal_id",
+    "direction",
+    "source",
+    "message_id",
+    "sender",
+    "from_header",
+    "to_header",
+    "cc_header",
+    "subject",
+    "date",
+    "text",
+    "html",
+    "auto_generated",
+    "raw_sha256",
+    "defects",
+    "outbox_id",
+    "delivery_status",
+    "read_at",
+    "received_at",
+    "created_at",
 )
 OUTBOX_COLUMNS = (
-    "id", "case_id", "kind", "automatic", "mail_from", "recipient", "message_id", "raw", "status",
-    "attempts", "next_attempt_at", "claimed_by", "claimed_until", "last_error", "created_at", "sent_at",
+    "id",
+    "case_id",
+    "kind",
+    "automatic",
+    "mail_from",
+    "recipient",
+    "message_id",
+    "raw",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "claimed_by",
+    "claimed_until",
+    "last_error",
+    "created_at",
+    "sent_at",
 )
 PROCESSED_COLUMNS = (
-    "journal_id", "outcome", "raw_sha256", "message_id", "sender", "case_id", "duplicate_of", "processed_at",
+    "journal_id",
+    "outcome",
+    "raw_sha256",
+    "message_id",
+    "sender",
+    "case_id",
+    "duplicate_of",
+    "processed_at",
 )
 JOURNAL_COLUMNS = (
-    "id", "source", "raw", "raw_sha256", "size", "received_at", "meta", "status", "reason",
-    "attempts", "processed_at", "received_by",
+    "id",
+    "source",
+    "raw",
+    "raw_sha256",
+    "size",
+    "received_at",
+    "meta",
+    "status",
+    "reason",
+    "attempts",
+    "processed_at",
+    "received_by",
 )
 ACCOUNT_COLUMNS = ("id", "name", "language")
 SERVICE_COLUMNS = ("id", "account_id", "name")
@@ -176,7 +239,7 @@ class Dataset:
         self._span_us = SPAN // timedelta(microseconds=1)
         self._focus_every = shape.cases // shape.focus_cases if shape.focus_cases else 0
         years = range(self.start.year + 1, (self.start + SPAN).year + 1)
-        self._year_firsts = [0, *(self._first_index_at(datetime(y, 1, 1, tzinfo=timezone.utc)) for y in years)]
+        self._year_firsts = [0, *(self._first_index_at(datetime(y, 1, 1, tzinfo=UTC)) for y in years)]
         self._years = [self.start.year, *years]
 
     # --- time and numbering ----------------------------------------------------------------------
@@ -243,8 +306,15 @@ class Dataset:
             accounts.append((account_id, f"Klient {account} sp. z o.o.", "pl"))
             services += [(f"{account_id}-www", account_id, "Hosting WWW"), (f"{account_id}-mail", account_id, "Poczta")]
             for kind in (0, 1):
-                contacts.append((2 * account + kind + 1, account_id, ("representative", "technical")[kind],
-                                 f"Kontakt {account}/{kind}", self.contact_email(account, kind)))
+                contacts.append(
+                    (
+                        2 * account + kind + 1,
+                        account_id,
+                        ("representative", "technical")[kind],
+                        f"Kontakt {account}/{kind}",
+                        self.contact_email(account, kind),
+                    )
+                )
         return {"account": accounts, "service": services, "contact": contacts}
 
     def case_rows(self, first: int, stop: int, encode: Encoder) -> dict[str, list[tuple[Any, ...]]]:
@@ -256,8 +326,13 @@ class Dataset:
         return tables
 
     def _append_case(
-        self, tables: dict[str, list[tuple[Any, ...]]], case: ExistingCase, encode: Encoder,
-        no_defects: Any, false: Any, true: Any,
+        self,
+        tables: dict[str, list[tuple[Any, ...]]],
+        case: ExistingCase,
+        encode: Encoder,
+        no_defects: Any,
+        false: Any,
+        true: Any,
     ) -> None:
         index, case_id = case.index, case.id
         created = self.created_at(index)
@@ -268,28 +343,110 @@ class Dataset:
         raw_sha256 = _hex(f"raw{index}", 32)
         text = _TEXTS[index % len(_TEXTS)]
         service = f"{self.account_id(account)}-{('www', 'mail')[index % 2]}"
-        tables["support_case"].append((
-            case_id, case.number, case.subject, case.status, case.requester, "", "pl", "general",
-            self.account_id(account), service, None, at, updated, closed_at, 2,
-        ))
+        tables["support_case"].append(
+            (
+                case_id,
+                case.number,
+                case.subject,
+                case.status,
+                case.requester,
+                "",
+                "pl",
+                "general",
+                self.account_id(account),
+                service,
+                None,
+                at,
+                updated,
+                closed_at,
+                2,
+            )
+        )
         tables["participant"].append((case_id, case_id, case.requester))
-        tables["outbox_item"].append((
-            case_id, case_id, "ack", true, SUPPORT, case.requester, case.ack_message_id, _ACK_RAW, "sent",
-            1, answered_at, None, None, None, answered_at, answered_at,
-        ))
-        tables["message"].append((
-            2 * case_id - 1, case_id, case_id, "inbound", "smtp", case.inbound_message_id, case.requester,
-            case.requester, SUPPORT, "", case.subject, at, text, None, false, raw_sha256, no_defects,
-            None, None, None, at, at,
-        ))
-        tables["message"].append((
-            2 * case_id, case_id, None, "outbound", "system", case.ack_message_id, SUPPORT, SUPPORT_FROM,
-            case.requester, "", f"[#{case.number}] Potwierdzenie zgłoszenia", answered_at, _ACK_TEXT, None,
-            true, _hex(f"ackraw{index}", 32), no_defects, case_id, "sent", None, answered_at, answered_at,
-        ))
-        tables["processed_entry"].append((
-            case_id, "done", raw_sha256, case.inbound_message_id, case.requester, case_id, None, at,
-        ))
+        tables["outbox_item"].append(
+            (
+                case_id,
+                case_id,
+                "ack",
+                true,
+                SUPPORT,
+                case.requester,
+                case.ack_message_id,
+                _ACK_RAW,
+                "sent",
+                1,
+                answered_at,
+                None,
+                None,
+                None,
+                answered_at,
+                answered_at,
+            )
+        )
+        tables["message"].append(
+            (
+                2 * case_id - 1,
+                case_id,
+                case_id,
+                "inbound",
+                "smtp",
+                case.inbound_message_id,
+                case.requester,
+                case.requester,
+                SUPPORT,
+                "",
+                case.subject,
+                at,
+                text,
+                None,
+                false,
+                raw_sha256,
+                no_defects,
+                None,
+                None,
+                None,
+                at,
+                at,
+            )
+        )
+        tables["message"].append(
+            (
+                2 * case_id,
+                case_id,
+                None,
+                "outbound",
+                "system",
+                case.ack_message_id,
+                SUPPORT,
+                SUPPORT_FROM,
+                case.requester,
+                "",
+                f"[#{case.number}] Potwierdzenie zgłoszenia",
+                answered_at,
+                _ACK_TEXT,
+                None,
+                true,
+                _hex(f"ackraw{index}", 32),
+                no_defects,
+                case_id,
+                "sent",
+                None,
+                answered_at,
+                answered_at,
+            )
+        )
+        tables["processed_entry"].append(
+            (
+                case_id,
+                "done",
+                raw_sha256,
+                case.inbound_message_id,
+                case.requester,
+                case_id,
+                None,
+                at,
+            )
+        )
 
 
 @dataclass
@@ -385,8 +542,20 @@ def _skip_journal_ids_sqlite(journal_path: Path, last_id: int) -> None:
     with sqlite3.connect(journal_path) as connection:
         connection.execute(
             _insert_sql("journal_entry", JOURNAL_COLUMNS),
-            (last_id, "file", b"", "", 0, SqliteEncoder().time(datetime.now(timezone.utc)), "{}", "done",
-             "bench: stands for the journal entries of the loaded cases", 1, None, "bench-loader"),
+            (
+                last_id,
+                "file",
+                b"",
+                "",
+                0,
+                SqliteEncoder().time(datetime.now(UTC)),
+                "{}",
+                "done",
+                "bench: stands for the journal entries of the loaded cases",
+                1,
+                None,
+                "bench-loader",
+            ),
         )
     with sqlite3.connect(journal_path) as connection:
         connection.execute("PRAGMA journal_mode=WAL")
@@ -400,7 +569,10 @@ def _executemany(connection: sqlite3.Connection, table: str, batch: list[tuple[A
 
 def _columns(table: str) -> tuple[str, ...]:
     directory = {
-        "account": ACCOUNT_COLUMNS, "service": SERVICE_COLUMNS, "contact": CONTACT_COLUMNS, "journal_entry": JOURNAL_COLUMNS,
+        "account": ACCOUNT_COLUMNS,
+        "service": SERVICE_COLUMNS,
+        "contact": CONTACT_COLUMNS,
+        "journal_entry": JOURNAL_COLUMNS,
     }
     return CASE_TABLES.get(table) or directory[table]
 

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime
@@ -61,8 +61,8 @@ from bench.common import (
 )
 from bench.pg import NoPostgres, create_database, drop_database
 from bench.smtp_throughput import CUSTOMERS, SUBJECTS, polish_text
+from gateway.app import Components
 from gateway.intake import Intake
-from gateway.service import Components
 from gateway.settings import Settings, load_settings
 
 NAME = "ingest_latency"
@@ -137,7 +137,7 @@ def _render(name: str, sender: str, subject: str, headers: dict[str, str], body:
     message["From"] = f"{name} <{sender}>"
     message["To"] = ds.SUPPORT
     message["Subject"] = subject
-    message["Date"] = format_datetime(datetime(2026, 3, 2, 8, number % 60, tzinfo=timezone.utc))
+    message["Date"] = format_datetime(datetime(2026, 3, 2, 8, number % 60, tzinfo=UTC))
     for header, value in headers.items():
         message[header] = value
     message.set_content(body, charset="utf-8", cte="8bit")
@@ -203,7 +203,9 @@ def load(target: Target, console: Console) -> None:
 async def _journal(intake: Intake, mails: Sequence[Mail]) -> list[int]:
     ids = []
     for mail in mails:  # one at a time, so ids follow the workload's order
-        receipt = await intake.accept(mail.raw, source="smtp", meta={"mail_from": mail.sender, "rcpt_tos": [ds.SUPPORT]})
+        receipt = await intake.accept(
+            mail.raw, source="smtp", meta={"mail_from": mail.sender, "rcpt_tos": [ds.SUPPORT]}
+        )
         ids.append(receipt.journal_id)
     return ids
 
@@ -278,7 +280,7 @@ def database(backend: str, workdir: Path, label: str) -> Iterator[str]:
 
 
 def run_backend(backend: str, options: Options, console: Console, tmp: Path) -> dict[str, Any]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     sizes = {"few": SMALL, "many": options.large}
     with ExitStack() as stack:
         if not options.keep_tmp:  # the large SQLite database is gigabytes: gone as soon as it is done with
@@ -324,8 +326,12 @@ def _target_summary(target: Target, latencies: Latencies) -> dict[str, Any]:
         "cases": target.cases,
         "load_s": round(target.load_s, 1),
         **latencies.as_dict(),
-        "p50_by_kind_ms": {kind: rounded(Latencies.of(values).p50_ms) for kind, values in sorted(target.by_kind_ms.items())},
-        "p99_by_kind_ms": {kind: rounded(Latencies.of(values).p99_ms) for kind, values in sorted(target.by_kind_ms.items())},
+        "p50_by_kind_ms": {
+            kind: rounded(Latencies.of(values).p50_ms) for kind, values in sorted(target.by_kind_ms.items())
+        },
+        "p99_by_kind_ms": {
+            kind: rounded(Latencies.of(values).p99_ms) for kind, values in sorted(target.by_kind_ms.items())
+        },
         "outcomes": dict(target.outcomes),
         "threaded_into_loaded_cases": target.threaded_into_existing,
         "new_cases_following_loaded_ones": target.following_existing,
@@ -335,8 +341,18 @@ def _target_summary(target: Target, latencies: Latencies) -> dict[str, Any]:
 
 def render(results: Sequence[dict[str, Any]], options: Options) -> Table:
     table = Table(title=f"Ingest latency, {options.messages} messages through pipeline.process()", title_justify="left")
-    columns = ("backend", "existing cases", "load s", "p50 ms", "p99 ms", "max ms", "into loaded cases",
-               "following loaded", "p99 ratio", "target")
+    columns = (
+        "backend",
+        "existing cases",
+        "load s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "into loaded cases",
+        "following loaded",
+        "p99 ratio",
+        "target",
+    )
     for name in columns:
         table.add_column(name, justify="left" if name == "backend" else "right")
     for result in results:
@@ -378,8 +394,11 @@ class Options:
 
 def parse_options(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench ingest_latency", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_LARGE:,} existing cases instead of {LARGE:,}, {QUICK_MESSAGES} messages instead of {MESSAGES}")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_LARGE:,} existing cases instead of {LARGE:,}, {QUICK_MESSAGES} messages instead of {MESSAGES}",
+    )
     parser.add_argument("--cases", type=int, help="existing cases of the large database (overrides --quick)")
     parser.add_argument("--messages", type=int, help="timed messages per database (overrides --quick)")
     parser.add_argument("--warm-up", type=int, default=WARM_UP, help="untimed messages first (%(default)s)")
@@ -428,8 +447,12 @@ def main(argv: Sequence[str] = ()) -> int:
         console.print(f"[yellow]note:[/yellow] {note}")
     clock.print_footer(console, None)
     settings = {
-        "small_cases": SMALL, "large_cases": options.large, "messages": options.messages,
-        "warm_up": options.warm_up, "kinds_percent": KINDS, "cases_per_account": CASES_PER_ACCOUNT,
+        "small_cases": SMALL,
+        "large_cases": options.large,
+        "messages": options.messages,
+        "warm_up": options.warm_up,
+        "kinds_percent": KINDS,
+        "cases_per_account": CASES_PER_ACCOUNT,
     }
     write_report(console, options.out, NAME, settings, clock, results=results, notes=notes)
     return 0

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from bench.common import (
 )
 from bench.pg import NoPostgres, throwaway_database
 from bench.smtp_throughput import HOST, gateway_env
-from gateway.panel_auth import issue_token
+from gateway.panel.auth import issue_token
 
 NAME = "panel_list"
 CASES = 100_000
@@ -137,16 +137,16 @@ def check_page(response: httpx.Response, page: int) -> str | None:
 
 
 def measure(run: Run, base_url: str, requests: int, warm_up: int) -> None:
-    token = issue_token(
-        secret=PANEL_SECRET, sub=ds.Dataset.contact_email(0, 0), account=ds.FOCUS_ACCOUNT, role="admin"
-    )
+    token = issue_token(secret=PANEL_SECRET, sub=ds.Dataset.contact_email(0, 0), account=ds.FOCUS_ACCOUNT, role="admin")
     auth = {"Authorization": f"Bearer {token}"}
     wanted = pages(FOCUS_CASES, warm_up + requests)
     with httpx.Client(base_url=base_url, timeout=30) as client:
         for number, page in enumerate(wanted):
             health_ms, health = timed_get(client, "/healthz", {})
             list_ms, listed = timed_get(client, f"/api/panel/cases?page={page}", auth)
-            problem = check_page(listed, page) or (None if health.status_code == 200 else f"healthz {health.status_code}")
+            problem = check_page(listed, page) or (
+                None if health.status_code == 200 else f"healthz {health.status_code}"
+            )
             if problem:
                 run.errors.append(problem)
             if number >= warm_up:
@@ -159,7 +159,7 @@ def run_backend(backend: str, options: Options, tmp: Path) -> Run:
     run = Run(backend=backend)
     workdir = tmp / backend
     workdir.mkdir()
-    data = ds.Dataset(shape(), datetime.now(timezone.utc))
+    data = ds.Dataset(shape(), datetime.now(UTC))
     try:
         with loaded_database(backend, data, workdir, run) as url:
             smtp_port, http_port = free_port(HOST), free_port(HOST)
@@ -201,7 +201,16 @@ def render(results: Sequence[dict[str, Any]], requests: int) -> Table:
         title=f"GET /api/panel/cases: admin of {FOCUS_CASES:,} of {CASES:,} cases, {requests} requests",
         title_justify="left",
     )
-    for name in ("backend", "request", "p50 ms", "p99 ms", "max ms", "p99 vs healthz", "p99 first/mid/last third", "target"):
+    for name in (
+        "backend",
+        "request",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "p99 vs healthz",
+        "p99 first/mid/last third",
+        "target",
+    ):
         table.add_column(name, justify="left" if name in ("backend", "request") else "right")
     for result in results:
         depths = result["p99_by_depth_ms"]
@@ -241,8 +250,12 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_REQUESTS} requests instead of {REQUESTS}")
     parser.add_argument("--requests", type=int, help="timed requests of each kind (overrides --quick)")
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated (%(default)s)")
-    add_run_options(parser, NAME, no_pin_help="do not pin client and server to separate CPUs",
-                    keep_tmp_help="keep the SQLite files and the gateway's log")
+    add_run_options(
+        parser,
+        NAME,
+        no_pin_help="do not pin client and server to separate CPUs",
+        keep_tmp_help="keep the SQLite files and the gateway's log",
+    )
     args = parser.parse_args(argv)
     backends = tuple(name.strip() for name in args.backends.split(","))
     if not set(backends) <= {"sqlite", "postgresql"}:
@@ -282,8 +295,12 @@ def main(argv: Sequence[str] = ()) -> int:
         console.print(f"[yellow]note:[/yellow] {note}")
     clock.print_footer(console, options.cpu_plan.describe())
     settings = {
-        "cases": CASES, "account_cases": FOCUS_CASES, "per_page": PER_PAGE, "requests": options.requests,
-        "warm_up": options.warm_up, "pinning": options.cpu_plan.describe(),
+        "cases": CASES,
+        "account_cases": FOCUS_CASES,
+        "per_page": PER_PAGE,
+        "requests": options.requests,
+        "warm_up": options.warm_up,
+        "pinning": options.cpu_plan.describe(),
     }
     write_report(console, options.out, NAME, settings, clock, results=results, notes=notes)
     return 0

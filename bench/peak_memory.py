@@ -130,11 +130,11 @@ def big_message(number: int, wire_bytes: int) -> tuple[str, bytes]:
     head = (
         f"From: {sender}\r\nTo: {RECIPIENT}\r\nSubject: Skany dokumentów, część {number + 1}\r\n"
         f"Message-ID: <peak.{number}.{os.getpid()}.{time.time_ns()}@klient.example.pl>\r\n"
-        "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
         "--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
         f"Dzień dobry, w załączniku skany umowy.\r\nPozdrawiam, {name}\r\n"
-        "--b\r\nContent-Type: application/pdf; name=\"skany.pdf\"\r\nContent-Transfer-Encoding: base64\r\n"
-        "Content-Disposition: attachment; filename=\"skany.pdf\"\r\n\r\n"
+        '--b\r\nContent-Type: application/pdf; name="skany.pdf"\r\nContent-Transfer-Encoding: base64\r\n'
+        'Content-Disposition: attachment; filename="skany.pdf"\r\n\r\n'
     ).encode()
     tail = b"\r\n--b--\r\n"
     raw_len = (wire_bytes - len(head) - len(tail)) * 3 // 4 * 76 // 78
@@ -207,7 +207,11 @@ async def measure(
 ) -> None:
     """Baseline, then the messages at once; journal_url None (the sink): no processing phase."""
     # Warm-up: one small message, processed, before the baseline is taken.
-    await send(port, CUSTOMERS[0][1], f"From: {CUSTOMERS[0][1]}\r\nTo: {RECIPIENT}\r\nSubject: test\r\n\r\nDzień dobry\r\n".encode())
+    await send(
+        port,
+        CUSTOMERS[0][1],
+        f"From: {CUSTOMERS[0][1]}\r\nTo: {RECIPIENT}\r\nSubject: test\r\n\r\nDzień dobry\r\n".encode(),
+    )
     if journal_url is not None:
         await wait_processed(journal_url, 1, 60)
     await asyncio.sleep(1.0)
@@ -262,8 +266,13 @@ def run_backend(backend: str, messages: Sequence[tuple[str, bytes]], options: Op
         database_url, journal_url = stack.enter_context(database(backend, workdir))
         env = gateway_env(workdir, smtp_port, http_port, database_url)
         gateway = stack.enter_context(
-            server_process("gateway", [sys.executable, "-m", "gateway", "serve"], log_path=workdir / "gateway.log",
-                           env=env, cpus=options.cpu_plan.servers)
+            server_process(
+                "gateway",
+                [sys.executable, "-m", "gateway", "serve"],
+                log_path=workdir / "gateway.log",
+                env=env,
+                cpus=options.cpu_plan.servers,
+            )
         )
         try:
             asyncio.run(wait_for_http_ok(gateway, HOST, http_port, "/healthz", 90))
@@ -302,17 +311,33 @@ def summary(run: Measurement) -> dict[str, Any]:
 
 def render(results: Sequence[dict[str, Any]]) -> Table:
     table = Table(title=f"Peak RSS of gateway serve, {MESSAGES} messages of ~60 MiB at once", title_justify="left")
-    for name in ("backend", "in flight MiB", "baseline MiB", "peak receiving", "peak processing", "VmHWM",
-                 "peak − baseline", "ratio", "receive s", "process s", "target"):
+    for name in (
+        "backend",
+        "in flight MiB",
+        "baseline MiB",
+        "peak receiving",
+        "peak processing",
+        "VmHWM",
+        "peak − baseline",
+        "ratio",
+        "receive s",
+        "process s",
+        "target",
+    ):
         table.add_column(name, justify="left" if name == "backend" else "right")
     for result in results:
         peaks = result["peak_rss_mib_by_phase"]
         table.add_row(
-            result["backend"], f"{result['bytes_in_flight'] / MIB:.0f}", f"{result['baseline_rss_mib']:.0f}",
-            _mib(peaks.get("receive")), _mib(peaks.get("process")), _mib(result["vm_hwm_mib"]),
+            result["backend"],
+            f"{result['bytes_in_flight'] / MIB:.0f}",
+            f"{result['baseline_rss_mib']:.0f}",
+            _mib(peaks.get("receive")),
+            _mib(peaks.get("process")),
+            _mib(result["vm_hwm_mib"]),
             f"{result['peak_minus_baseline_mib']:.0f}",
             "–" if result["ratio_to_in_flight"] is None else f"{result['ratio_to_in_flight']:.2f}×",
-            f"{result['receive_s']:.1f}", "–" if result["process_s"] is None else f"{result['process_s']:.1f}",
+            f"{result['receive_s']:.1f}",
+            "–" if result["process_s"] is None else f"{result['process_s']:.1f}",
             "(baseline)" if result["backend"] == "sink" else verdict_markup(result["verdict"]),
             end_section=result["backend"] == "sink",
         )
@@ -337,8 +362,12 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument("--quick", action="store_true", help="SQLite only")
     parser.add_argument("--backends", help="comma-separated from sqlite, postgresql (default: both; --quick: sqlite)")
     parser.add_argument("--mib", type=float, default=WIRE_BYTES / MIB, help="size of each message (%(default)s MiB)")
-    add_run_options(parser, NAME, no_pin_help="do not pin client and server to separate CPUs",
-                    keep_tmp_help="keep the gateway's working directory and log")
+    add_run_options(
+        parser,
+        NAME,
+        no_pin_help="do not pin client and server to separate CPUs",
+        keep_tmp_help="keep the gateway's working directory and log",
+    )
     args = parser.parse_args(argv)
     backends = tuple(b.strip() for b in (args.backends or ("sqlite" if args.quick else "sqlite,postgresql")).split(","))
     if not set(backends) <= {"sqlite", "postgresql"}:
@@ -380,8 +409,12 @@ def main(argv: Sequence[str] = ()) -> int:
     for note in notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     clock.print_footer(console, options.cpu_plan.describe())
-    settings = {"messages": MESSAGES, "wire_bytes_each": options.wire_bytes, "sample_interval_s": SAMPLE_S,
-                "pinning": options.cpu_plan.describe()}
+    settings = {
+        "messages": MESSAGES,
+        "wire_bytes_each": options.wire_bytes,
+        "sample_interval_s": SAMPLE_S,
+        "pinning": options.cpu_plan.describe(),
+    }
     write_report(console, options.out, NAME, settings, clock, results=results, notes=notes)
     return 0
 

@@ -141,7 +141,7 @@ class Payload:
 
 TEXT_MARK = "@@TEXT@@"
 BLOB_MARK = b"@@BLOB@@"
-STARTED = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.timezone.utc)
+STARTED = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)
 MESSAGE_ID_BYTES = 56  # the Message-ID line message_bytes() prepends, roughly
 
 
@@ -290,7 +290,7 @@ async def close_quietly(client: aiosmtplib.SMTP) -> None:
     try:
         if client.is_connected:
             await asyncio.wait_for(client.quit(), timeout=5)
-    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+    except (TimeoutError, aiosmtplib.SMTPException, OSError):
         client.close()
 
 
@@ -356,7 +356,7 @@ async def measure(
     shared = Delivery(
         payloads, run_tag, iter(range(len(payloads))), started + deadline_s, result, advance, mail_options
     )
-    tasks = [asyncio.create_task(deliver(client, p, shared)) for client, p in zip(clients, session_ports)]
+    tasks = [asyncio.create_task(deliver(client, p, shared)) for client, p in zip(clients, session_ports, strict=False)]
     # Connections stop by themselves at the deadline; cancelling is the fallback for a hung server.
     done, pending = await asyncio.wait(tasks, timeout=deadline_s + SMTP_TIMEOUT_S + 5)
     result.elapsed_s = time.perf_counter() - started
@@ -375,9 +375,7 @@ async def measure(
     return result
 
 
-async def warm_up(
-    clients: Sequence[aiosmtplib.SMTP], payload: Payload, run_tag: str, mail_options: list[str]
-) -> None:
+async def warm_up(clients: Sequence[aiosmtplib.SMTP], payload: Payload, run_tag: str, mail_options: list[str]) -> None:
     """One untimed message per connection, so first-use costs on either side stay out of the figures."""
 
     async def one(number: int, client: aiosmtplib.SMTP) -> None:
@@ -533,13 +531,16 @@ class Bench:
         workdir.mkdir()
         smtp_port, http_port = free_port(HOST), free_port(HOST)
         argv = [sys.executable, "-m", "gateway", "serve"]
-        with gateway_database(self.options.backend) as database_url, server_process(
-            "gateway",
-            argv,
-            log_path=workdir / "gateway.log",
-            env=gateway_env(workdir, smtp_port, http_port, database_url),
-            cpus=self.options.cpu_plan.servers,
-        ) as gateway:
+        with (
+            gateway_database(self.options.backend) as database_url,
+            server_process(
+                "gateway",
+                argv,
+                log_path=workdir / "gateway.log",
+                env=gateway_env(workdir, smtp_port, http_port, database_url),
+                cpus=self.options.cpu_plan.servers,
+            ) as gateway,
+        ):
             try:
                 startup_s = await wait_for_http_ok(gateway, HOST, http_port, "/healthz", self.options.startup_timeout_s)
             except ServerFailed as error:
@@ -627,7 +628,9 @@ def report(console: Console, options: Options, bench: Bench, message_sizes: dict
         )
     for result in bench.results:
         if result.first_error:
-            console.print(f"[yellow]{result.target} c={result.concurrency} {result.size}:[/yellow] {result.first_error}")
+            console.print(
+                f"[yellow]{result.target} c={result.concurrency} {result.size}:[/yellow] {result.first_error}"
+            )
     for note in bench.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     outcome = verdict(bench.results)
@@ -651,7 +654,7 @@ def figures(options: Options, bench: Bench, message_sizes: dict[str, float], out
     ]
     return {
         "benchmark": NAME,
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "settings": {
             "backend": options.backend,
@@ -677,21 +680,29 @@ def figures(options: Options, bench: Bench, message_sizes: dict[str, float], out
 
 def parse_options(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench smtp_throughput", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES} messages per run instead of {FULL_MESSAGES}")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_MESSAGES} messages per run instead of {FULL_MESSAGES}"
+    )
     parser.add_argument("--messages", type=int, help="messages per run (overrides --quick)")
-    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCIES)), help="comma-separated, default %(default)s")
+    parser.add_argument(
+        "--concurrency", default=",".join(map(str, CONCURRENCIES)), help="comma-separated, default %(default)s"
+    )
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated from {', '.join(SIZES)}")
     parser.add_argument("--targets", default="sink,gateway", help="comma-separated from sink, gateway")
     parser.add_argument("--target-port", type=int, help="measure only an SMTP server already listening on this port")
     parser.add_argument(
-        "--backend", choices=list(BACKENDS), default="sqlite",
+        "--backend",
+        choices=list(BACKENDS),
+        default="sqlite",
         help="the gateway's database: a fresh SQLite file (default) or a fresh PostgreSQL database (BENCH_PG_URL)",
     )
     parser.add_argument("--deadline", type=float, default=40.0, help="seconds one run may take (default %(default)s)")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds after which no new run starts")
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to wait for /healthz")
     parser.add_argument("--no-pin", action="store_true", help="do not pin load generator and servers to separate CPUs")
-    parser.add_argument("--out", type=Path, help=f"default bench/out/{NAME}.json ({NAME}_postgresql.json with PostgreSQL)")
+    parser.add_argument(
+        "--out", type=Path, help=f"default bench/out/{NAME}.json ({NAME}_postgresql.json with PostgreSQL)"
+    )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the servers' working directories and logs")
     args = parser.parse_args(argv)
     sizes = tuple(size.strip() for size in args.sizes.split(","))

@@ -23,11 +23,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from rich.table import Table  # noqa: E402
+import matplotlib.pyplot as plt
+from rich.table import Table
 
-from bench import smtp_throughput  # noqa: E402
-from bench.common import OUT_DIR, git_state, load_average, make_console, now_iso, write_json  # noqa: E402
+from bench import smtp_throughput
+from bench.common import OUT_DIR, git_state, load_average, make_console, now_iso, write_json
 
 NAME = "throughput_plot"
 PNG = OUT_DIR / "throughput.png"
@@ -78,7 +78,7 @@ def usable(path: Path, messages: int, sizes: Sequence[str]) -> dict[str, Any] | 
         settings = figures["settings"]
     except (OSError, ValueError, KeyError):
         return None
-    fresh = dt.datetime.now(dt.timezone.utc) - finished < FRESH_FOR
+    fresh = dt.datetime.now(dt.UTC) - finished < FRESH_FOR
     shape_ok = (
         settings.get("messages") == messages
         and set(sizes) <= set(settings.get("sizes", []))
@@ -90,8 +90,18 @@ def usable(path: Path, messages: int, sizes: Sequence[str]) -> dict[str, Any] | 
 
 
 def run_throughput(backend: str, sizes: Sequence[str], messages: int, out: Path) -> dict[str, Any]:
-    argv = ["--backend", backend, "--sizes", ",".join(sizes), "--messages", str(messages), "--out", str(out),
-            "--concurrency", ",".join(map(str, CONCURRENCIES))]
+    argv = [
+        "--backend",
+        backend,
+        "--sizes",
+        ",".join(sizes),
+        "--messages",
+        str(messages),
+        "--out",
+        str(out),
+        "--concurrency",
+        ",".join(map(str, CONCURRENCIES)),
+    ]
     smtp_throughput.main(argv)
     loaded: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     return loaded
@@ -99,7 +109,7 @@ def run_throughput(backend: str, sizes: Sequence[str], messages: int, out: Path)
 
 def plot(series: Sequence[Series], sizes: Sequence[str], title: str, path: Path) -> None:
     figure, axes = plt.subplots(1, len(sizes), figsize=(6.4 * len(sizes), 4.8), squeeze=False)
-    for axis, size in zip(axes[0], sizes):
+    for axis, size in zip(axes[0], sizes, strict=False):
         for line in (s for s in series if s.size == size):
             xs = sorted(line.points)
             axis.plot(xs, [line.points[x] for x in xs], label=line.label, **STYLE[(line.backend, line.target)])
@@ -122,14 +132,21 @@ def shares(series: Sequence[Series]) -> list[dict[str, Any]]:
     """The gateway's msg/s as a fraction of the sink measured in the same run, per point."""
     rows = []
     for gateway in (s for s in series if s.target == "gateway"):
-        sink = next((s for s in series if s.target == "sink" and (s.backend, s.size) == (gateway.backend, gateway.size)), None)
+        sink = next(
+            (s for s in series if s.target == "sink" and (s.backend, s.size) == (gateway.backend, gateway.size)), None
+        )
         for concurrency in sorted(gateway.points):
             base = sink.points.get(concurrency) if sink else None
-            rows.append({
-                "backend": gateway.backend, "size": gateway.size, "concurrency": concurrency,
-                "gateway_msg_per_s": gateway.points[concurrency], "sink_msg_per_s": base,
-                "gateway_over_sink": round(gateway.points[concurrency] / base, 3) if base else None,
-            })
+            rows.append(
+                {
+                    "backend": gateway.backend,
+                    "size": gateway.size,
+                    "concurrency": concurrency,
+                    "gateway_msg_per_s": gateway.points[concurrency],
+                    "sink_msg_per_s": base,
+                    "gateway_over_sink": round(gateway.points[concurrency] / base, 3) if base else None,
+                }
+            )
     return rows
 
 
@@ -139,18 +156,30 @@ def render(rows: Sequence[dict[str, Any]]) -> Table:
         table.add_column(name, justify="left" if name in ("database", "size") else "right")
     for row in rows:
         share = row["gateway_over_sink"]
-        table.add_row(smtp_throughput.BACKENDS[row["backend"]], row["size"], str(row["concurrency"]),
-                      f"{row['gateway_msg_per_s']:,.0f}", "–" if row["sink_msg_per_s"] is None else f"{row['sink_msg_per_s']:,.0f}",
-                      "–" if share is None else f"{share:.0%}")
+        table.add_row(
+            smtp_throughput.BACKENDS[row["backend"]],
+            row["size"],
+            str(row["concurrency"]),
+            f"{row['gateway_msg_per_s']:,.0f}",
+            "–" if row["sink_msg_per_s"] is None else f"{row['sink_msg_per_s']:,.0f}",
+            "–" if share is None else f"{share:.0%}",
+        )
     return table
 
 
 def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench throughput_plot", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{smtp_throughput.QUICK_MESSAGES} messages per run instead of {smtp_throughput.FULL_MESSAGES}")
-    parser.add_argument("--sizes", default="2KB", help=f"comma-separated from {', '.join(smtp_throughput.SIZES)} (%(default)s)")
-    parser.add_argument("--remeasure-sqlite", action="store_true", help="measure SQLite here even if fresh figures exist")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{smtp_throughput.QUICK_MESSAGES} messages per run instead of {smtp_throughput.FULL_MESSAGES}",
+    )
+    parser.add_argument(
+        "--sizes", default="2KB", help=f"comma-separated from {', '.join(smtp_throughput.SIZES)} (%(default)s)"
+    )
+    parser.add_argument(
+        "--remeasure-sqlite", action="store_true", help="measure SQLite here even if fresh figures exist"
+    )
     parser.add_argument("--out", type=Path, default=PNG)
     args = parser.parse_args(argv)
     sizes = [size.strip() for size in args.sizes.split(",")]
@@ -163,14 +192,23 @@ def main(argv: Sequence[str] = ()) -> int:
     else:
         sqlite = run_throughput("sqlite", sizes, messages, OWN_SQLITE_JSON)
     postgresql = run_throughput("postgresql", sizes, messages, POSTGRESQL_JSON)
-    series = [s for size in sizes for s in (*series_from(sqlite, "sqlite", size), *series_from(postgresql, "postgresql", size))]
-    title = (f"SMTP throughput of the gateway and of a no-op sink, {messages} messages per point\n"
-             f"{dt.date.today().isoformat()}, commit {git_state()['commit']}, load average {load_before} → {load_average()}")
+    series = [
+        s
+        for size in sizes
+        for s in (*series_from(sqlite, "sqlite", size), *series_from(postgresql, "postgresql", size))
+    ]
+    title = (
+        f"SMTP throughput of the gateway and of a no-op sink, {messages} messages per point\n"
+        f"{dt.date.today().isoformat()}, commit {git_state()['commit']}, load average {load_before} → {load_average()}"
+    )
     plot(series, sizes, title, args.out)
     rows = shares(series)
     console.print(render(rows))
     figures = {
-        "benchmark": NAME, "finished_at": now_iso(), "png": str(args.out), "messages": messages,
+        "benchmark": NAME,
+        "finished_at": now_iso(),
+        "png": str(args.out),
+        "messages": messages,
         "sources": {"sqlite": sqlite["finished_at"], "postgresql": postgresql["finished_at"]},
         "load_average_1min": {"before": load_before, "after": load_average()},
         "points": rows,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.parse import ParsedMessage
+from gateway.parse.message import ParsedMessage
 
 LOOP_HEADER = "X-Support-Gateway-Loop"
 
@@ -40,8 +40,7 @@ def _header(facts: MailFacts, name: str) -> str:
 
 def our_loop_marker(facts: MailFacts) -> bool:
     return any(
-        key == LOOP_HEADER.lower() and value.strip().lower() == facts.loop_marker
-        for key, value in facts.parsed.headers
+        key == LOOP_HEADER.lower() and value.strip().lower() == facts.loop_marker for key, value in facts.parsed.headers
     )
 
 

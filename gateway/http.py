@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 if TYPE_CHECKING:
-    from gateway.service import Gateway
+    from gateway.app import Gateway
 
 
 def create_app(gateway: Gateway) -> FastAPI:
@@ -27,8 +27,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         ready, body = await asyncio.to_thread(gateway.health)
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    if importlib.util.find_spec("gateway.panel") is not None:
-        from gateway.panel import install_panel
+    if importlib.util.find_spec("gateway.panel.routes") is not None:
+        from gateway.panel.routes import install_panel
 
         install_panel(app, gateway)
     return app

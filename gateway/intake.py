@@ -86,7 +86,7 @@ class Intake:
                         item.done.set_exception(JournalUnavailable(str(error)))
                 continue
             self.last_write = asyncio.get_running_loop().time()
-            for item, receipt in zip(batch, receipts):
+            for item, receipt in zip(batch, receipts, strict=False):
                 if not item.done.done():
                     item.done.set_result(receipt)
             if self._on_journaled is not None:
@@ -111,4 +111,4 @@ class Intake:
         statement = insert(JournalEntry).returning(JournalEntry.id, sort_by_parameter_order=True)
         with self._engine.begin() as connection:
             ids = connection.execute(statement, rows).scalars().all()
-        return [Receipt(journal_id=id_, raw_sha256=row["raw_sha256"]) for id_, row in zip(ids, rows)]
+        return [Receipt(journal_id=id_, raw_sha256=row["raw_sha256"]) for id_, row in zip(ids, rows, strict=False)]

@@ -15,7 +15,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from gateway.replies import Outgoing, Replies, conversation
+from gateway.outbound.replies import Outgoing, Replies, conversation
 from gateway.settings import Settings
 from store import journal
 from store.db import reading, transaction
@@ -92,9 +92,16 @@ def build_scheduler(
             log.info("auto-closed %d cases", count)
             wake_outbox()
 
-    scheduler.add_job(replay, "interval", seconds=settings.journal_replay_seconds, id="journal-replay",
-                      coalesce=True, max_instances=1)
-    scheduler.add_job(wake_outbox, "interval", seconds=max(5.0, settings.outbox_poll_seconds * 5),
-                      id="outbox-wake", coalesce=True, max_instances=1)
+    scheduler.add_job(
+        replay, "interval", seconds=settings.journal_replay_seconds, id="journal-replay", coalesce=True, max_instances=1
+    )
+    scheduler.add_job(
+        wake_outbox,
+        "interval",
+        seconds=max(5.0, settings.outbox_poll_seconds * 5),
+        id="outbox-wake",
+        coalesce=True,
+        max_instances=1,
+    )
     scheduler.add_job(close_idle, "interval", minutes=15, id="auto-close", coalesce=True, max_instances=1)
     return scheduler

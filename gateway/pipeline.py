@@ -11,20 +11,20 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, replace
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
+from gateway.addresses import ReplyAddresses
 from gateway.classify import MailFacts, Verdict, classify
-from gateway.outbox import mark_failed
-from gateway.parse import DeliveryReport, ParsedAttachment, ParsedMessage, parse_message
-from gateway.replies import Outgoing, OutgoingAttachment, Replies, conversation, outbound_message
+from gateway.outbound.replies import Outgoing, OutgoingAttachment, Replies, conversation, outbound_message
+from gateway.outbound.worker import mark_failed
+from gateway.parse.message import DeliveryReport, ParsedAttachment, ParsedMessage, parse_message
 from gateway.settings import Settings
-from gateway.staff import read_staff_reply
+from gateway.staff.reply import read_staff_reply
 from gateway.threads import ThreadDecision, ThreadQuery, decide, subject_case_number
-from gateway.tokens import ReplyAddresses
 from store import cases, directory, journal, outbox, processed
 from store.blobs import BlobStore
 from store.db import reading, transaction
@@ -218,8 +218,10 @@ class Pipeline:
             # A bounce or an out-of-office about an old closed case is not a new request: keep it
             # with that case (automatic mail never changes a case's status) instead of opening one.
             decision = replace(decision, case=decision.follows_case, follows_case=None)
-        if is_staff and decision.case is not None and (
-            decision.via == "staff_token" or entry.meta.get("authenticated")
+        if (
+            is_staff
+            and decision.case is not None
+            and (decision.via == "staff_token" or entry.meta.get("authenticated"))
         ):
             self._staff_reply(session, inbound, decision.case)
             finished.case_id = decision.case.id
@@ -300,7 +302,7 @@ class Pipeline:
             to_header=parsed.to_header,
             cc_header=parsed.cc_header,
             subject=parsed.subject,
-            date=parsed.date.replace(tzinfo=timezone.utc) if parsed.date else None,
+            date=parsed.date.replace(tzinfo=UTC) if parsed.date else None,
             text=parsed.text,
             html=parsed.html,
             auto_generated=inbound.verdict.automatic,
@@ -465,9 +467,7 @@ class Pipeline:
             ),
         )
 
-    def _queue_refused_notice(
-        self, session: Session, case: Case, inbound: Inbound, refused: list[Attachment]
-    ) -> None:
+    def _queue_refused_notice(self, session: Session, case: Case, inbound: Inbound, refused: list[Attachment]) -> None:
         listed = [{"filename": a.filename, "size": a.size, "content_type": a.content_type} for a in refused]
         context = {"refused": listed, "limit_bytes": self._settings.max_attachment_bytes}
         self._queue(session, case, inbound, "attachment_refused", context)

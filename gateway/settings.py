@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     imap_mailboxes: list[MailboxSettings] = Field(default_factory=list)
     instance_name: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
 
+    # --- SMTP limits (SPEC §13) ------------------------------------------------------------------
+
+    # --- MIME budgets and poison messages (SPEC §13) ---------------------------------------------
+
+    # --- sender trust (SPEC §12) -----------------------------------------------------------------
+
+    # --- operations: metrics, logs, retention (SPEC §14) -----------------------------------------
+
     @field_validator("staff_addresses", mode="before")
     @classmethod
     def _split_addresses(cls, value: Any) -> Any:

@@ -15,9 +15,9 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from gateway.addresses import ReplyAddresses
 from gateway.intake import Intake, JournalUnavailable
 from gateway.settings import Settings
-from gateway.tokens import ReplyAddresses
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,9 @@ class Authenticator:
     def __init__(self, users: dict[str, str]) -> None:
         self._users = {login.lower(): password for login, password in users.items()}
 
-    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: object) -> AuthResult:
+    def __call__(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: object
+    ) -> AuthResult:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         login = auth_data.login.decode("utf-8", "replace").lower()
@@ -104,9 +106,7 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def start_smtp_server(
-    *, settings: Settings, intake: Intake, addresses: ReplyAddresses
-) -> asyncio.Server:
+async def start_smtp_server(*, settings: Settings, intake: Intake, addresses: ReplyAddresses) -> asyncio.Server:
     handler = SmtpHandler(settings=settings, intake=intake, addresses=addresses)
     tls_context = _tls_context(settings)
     authenticator = Authenticator(settings.smtp_auth_users) if settings.smtp_auth_users else None

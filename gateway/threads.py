@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
-from gateway.parse import ParsedMessage
-from gateway.tokens import ReplyAddresses
+from gateway.addresses import ReplyAddresses
+from gateway.parse.message import ParsedMessage
 from store import cases, directory
 from store.models import Case
 
@@ -88,14 +88,10 @@ def _find_candidate(*, session: Session, query: ThreadQuery, replies: ReplyAddre
         if case is not None:
             return _Candidate(case=case, via="staff_token" if token.staff else "token", authorised=True)
     if parsed.delivery_report is not None and parsed.delivery_report.original_message_id:
-        case = cases.find_case_by_message_ids(
-            session=session, message_ids=[parsed.delivery_report.original_message_id]
-        )
+        case = cases.find_case_by_message_ids(session=session, message_ids=[parsed.delivery_report.original_message_id])
         if case is not None:
             return _Candidate(case=case, via="bounce", authorised=True)
-    case = cases.find_case_by_message_ids(
-        session=session, message_ids=[*parsed.references, *parsed.in_reply_to]
-    )
+    case = cases.find_case_by_message_ids(session=session, message_ids=[*parsed.references, *parsed.in_reply_to])
     if case is not None:
         return _Candidate(case=case, via="references", authorised=False)
     number = subject_case_number(parsed.subject)

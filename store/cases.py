@@ -34,9 +34,7 @@ def next_case_number(*, session: Session, year: int) -> str:
     statement = (
         insert(CaseNumberCounter)
         .values(year=year, last=1)
-        .on_conflict_do_update(
-            index_elements=["year"], set_={"last": CaseNumberCounter.__table__.c.last + 1}
-        )
+        .on_conflict_do_update(index_elements=["year"], set_={"last": CaseNumberCounter.__table__.c.last + 1})
         .returning(CaseNumberCounter.__table__.c.last)
     )
     last = session.execute(statement).scalar_one()
@@ -56,9 +54,7 @@ def find_case_by_message_ids(*, session: Session, message_ids: Sequence[str]) ->
     wanted = [mid for mid in message_ids if mid][-50:]  # References can be absurdly long
     if not wanted:
         return None
-    rows = session.exec(
-        select(Message.message_id, Message.case_id).where(col(Message.message_id).in_(wanted))
-    ).all()
+    rows = session.exec(select(Message.message_id, Message.case_id).where(col(Message.message_id).in_(wanted))).all()
     case_by_message_id: dict[str, int | None] = {message_id: case_id for message_id, case_id in rows}
     # Staff notifications are outbox rows only (not case messages), yet staff reply to them.
     unseen = [mid for mid in wanted if mid not in case_by_message_id]
@@ -75,9 +71,7 @@ def find_case_by_message_ids(*, session: Session, message_ids: Sequence[str]) ->
 
 
 def is_participant(*, session: Session, case_id: int, email: str) -> bool:
-    statement = select(Participant.id).where(
-        Participant.case_id == case_id, Participant.email == email
-    )
+    statement = select(Participant.id).where(Participant.case_id == case_id, Participant.email == email)
     return session.exec(statement).first() is not None
 
 
@@ -87,9 +81,7 @@ def add_participants(*, session: Session, case_id: int, emails: Iterable[str]) -
         return
     known = set(
         session.exec(
-            select(Participant.email).where(
-                Participant.case_id == case_id, col(Participant.email).in_(wanted)
-            )
+            select(Participant.email).where(Participant.case_id == case_id, col(Participant.email).in_(wanted))
         ).all()
     )
     for email in sorted(wanted - known):
@@ -121,11 +113,7 @@ def list_cases(*, session: Session, limit: int | None = None) -> Sequence[Case]:
 
 
 def case_messages(*, session: Session, case_id: int) -> Sequence[Message]:
-    statement = (
-        select(Message)
-        .where(Message.case_id == case_id)
-        .order_by(col(Message.received_at), col(Message.id))
-    )
+    statement = select(Message).where(Message.case_id == case_id).order_by(col(Message.received_at), col(Message.id))
     return session.exec(statement).all()
 
 
@@ -133,11 +121,7 @@ def message_attachments(*, session: Session, message_ids: Sequence[int]) -> dict
     by_message: dict[int, list[Attachment]] = {message_id: [] for message_id in message_ids}
     if not message_ids:
         return by_message
-    statement = (
-        select(Attachment)
-        .where(col(Attachment.message_id).in_(message_ids))
-        .order_by(col(Attachment.id))
-    )
+    statement = select(Attachment).where(col(Attachment.message_id).in_(message_ids)).order_by(col(Attachment.id))
     for attachment in session.exec(statement):
         by_message[attachment.message_id].append(attachment)
     return by_message
@@ -148,6 +132,4 @@ def count_cases(*, session: Session) -> int:
 
 
 def mark_outbound_delivery(*, session: Session, outbox_id: int, status: str) -> None:
-    session.execute(
-        update(Message).where(col(Message.outbox_id) == outbox_id).values(delivery_status=status)
-    )
+    session.execute(update(Message).where(col(Message.outbox_id) == outbox_id).values(delivery_status=status))

@@ -30,9 +30,7 @@ def make_engine(database_url: str) -> Engine:
 
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=8, max_overflow=8
-    )
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=8, max_overflow=8)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -68,9 +66,8 @@ def journal_engine_for(engine: Engine, data_dir: Path) -> Engine:
 @contextlib.contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """A session whose work is committed on success and rolled back on any exception."""
-    with Session(engine, expire_on_commit=False) as session:
-        with session.begin():
-            yield session
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
 
 
 @contextlib.contextmanager

@@ -25,9 +25,7 @@ def claim_pending(*, session: Session, journal_id: int) -> bool:
     SQLite has one writer at a time, so the status check alone decides. Only the id is read: the
     caller has the raw bytes already, and reading a 60 MiB value again costs several times that.
     """
-    statement = select(JournalEntry.id).where(
-        JournalEntry.id == journal_id, JournalEntry.status == "pending"
-    )
+    statement = select(JournalEntry.id).where(JournalEntry.id == journal_id, JournalEntry.status == "pending")
     if session.get_bind().dialect.name == "postgresql":
         statement = statement.with_for_update(skip_locked=True)
     return session.exec(statement).first() is not None
@@ -35,9 +33,7 @@ def claim_pending(*, session: Session, journal_id: int) -> bool:
 
 def has_older_pending(*, session: Session, journal_id: int) -> bool:
     """Whether an entry acknowledged before this one still waits to be processed (anywhere)."""
-    statement = select(JournalEntry.id).where(
-        JournalEntry.status == "pending", JournalEntry.id < journal_id
-    )
+    statement = select(JournalEntry.id).where(JournalEntry.status == "pending", JournalEntry.id < journal_id)
     return session.exec(statement.limit(1)).first() is not None
 
 
@@ -71,9 +67,7 @@ def pending_ids(*, session: Session, received_before: datetime | None = None, li
 
 
 def list_quarantined(*, session: Session) -> Sequence[JournalEntry]:
-    statement = (
-        select(JournalEntry).where(JournalEntry.status == "quarantined").order_by(col(JournalEntry.id))
-    )
+    statement = select(JournalEntry).where(JournalEntry.status == "quarantined").order_by(col(JournalEntry.id))
     return session.exec(statement).all()
 
 
@@ -84,7 +78,5 @@ def requeue_quarantined(*, session: Session, journal_id: int | None = None) -> l
         statement = statement.where(JournalEntry.id == journal_id)
     ids = [id_ for id_ in session.exec(statement) if id_ is not None]
     if ids:
-        session.execute(
-            update(JournalEntry).where(col(JournalEntry.id).in_(ids)).values(status="pending")
-        )
+        session.execute(update(JournalEntry).where(col(JournalEntry.id).in_(ids)).values(status="pending"))
     return ids

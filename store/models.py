@@ -6,15 +6,15 @@ Timestamps are aware UTC datetimes (SQLModel's UTCDateTime), produced by `utcnow
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # --- directory (filled by the panel: PUT /api/accounts/{account}) ---------------------------------
@@ -23,7 +23,7 @@ def utcnow() -> datetime:
 class Account(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=100)
     name: str = ""
-    language: Optional[str] = Field(default=None, max_length=8)
+    language: str | None = Field(default=None, max_length=8)
 
 
 class Service(SQLModel, table=True):
@@ -33,7 +33,7 @@ class Service(SQLModel, table=True):
 
 
 class Contact(SQLModel, table=True):
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     account_id: str = Field(foreign_key="account.id", index=True, max_length=100)
     kind: str = Field(max_length=20)  # representative | technical | billing
     name: str = ""
@@ -54,7 +54,7 @@ class JournalEntry(SQLModel, table=True):
     __tablename__ = "journal_entry"
     __table_args__ = (Index("ix_journal_entry_status_id", "status", "id"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     source: str = Field(max_length=10)  # smtp | imap | panel | file
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     raw_sha256: str = Field(index=True, max_length=64)
@@ -65,9 +65,9 @@ class JournalEntry(SQLModel, table=True):
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # pending -> done | duplicate | quarantined (quarantined -> pending again on retry)
     status: str = Field(default="pending", max_length=12)
-    reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    reason: str | None = Field(default=None, sa_column=Column(Text))
     attempts: int = 0
-    processed_at: Optional[datetime] = None
+    processed_at: datetime | None = None
     received_by: str = Field(default="", max_length=200)  # instance that acknowledged it
 
 
@@ -85,10 +85,10 @@ class ProcessedEntry(SQLModel, table=True):
     journal_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     outcome: str = Field(max_length=12)  # done | duplicate
     raw_sha256: str = Field(index=True, max_length=64)
-    message_id: Optional[str] = Field(default=None, max_length=998)
-    sender: Optional[str] = Field(default=None, max_length=320)
-    case_id: Optional[int] = Field(default=None, foreign_key="support_case.id")
-    duplicate_of: Optional[int] = None  # journal id of the original
+    message_id: str | None = Field(default=None, max_length=998)
+    sender: str | None = Field(default=None, max_length=320)
+    case_id: int | None = Field(default=None, foreign_key="support_case.id")
+    duplicate_of: int | None = None  # journal id of the original
     processed_at: datetime = Field(default_factory=utcnow)
 
 
@@ -107,21 +107,21 @@ class Case(SQLModel, table=True):
     __tablename__ = "support_case"  # "case" is an SQL keyword
     __table_args__ = (Index("ix_case_account_updated", "account_id", "updated_at"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     number: str = Field(unique=True, max_length=20)
     subject: str = Field(default="", sa_column=Column(Text, nullable=False))
     status: str = Field(default="open", max_length=10)  # open | answered | closed
     requester: str = Field(index=True, max_length=320)  # lower-case address
     requester_name: str = ""
     language: str = Field(default="pl", max_length=8)
-    category: Optional[str] = Field(default=None, max_length=100)
-    account_id: Optional[str] = Field(default=None, foreign_key="account.id", max_length=100)
-    service_id: Optional[str] = Field(default=None, max_length=100)
+    category: str | None = Field(default=None, max_length=100)
+    account_id: str | None = Field(default=None, foreign_key="account.id", max_length=100)
+    service_id: str | None = Field(default=None, max_length=100)
     # A follow-up after the reopen window opens a new case that refers to the old one.
-    follows_case_id: Optional[int] = Field(default=None, foreign_key="support_case.id")
+    follows_case_id: int | None = Field(default=None, foreign_key="support_case.id")
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow, index=True)
-    closed_at: Optional[datetime] = None
+    closed_at: datetime | None = None
     message_count: int = 0
 
 
@@ -130,7 +130,7 @@ class Participant(SQLModel, table=True):
 
     __table_args__ = (UniqueConstraint("case_id", "email"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     case_id: int = Field(foreign_key="support_case.id", index=True)
     email: str = Field(index=True, max_length=320)
 
@@ -138,9 +138,9 @@ class Participant(SQLModel, table=True):
 class Message(SQLModel, table=True):
     __table_args__ = (Index("ix_message_msgid_sender", "message_id", "sender"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     case_id: int = Field(foreign_key="support_case.id", index=True)
-    journal_id: Optional[int] = Field(default=None, index=True)  # the journal may be another database
+    journal_id: int | None = Field(default=None, index=True)  # the journal may be another database
     direction: str = Field(max_length=10)  # inbound | outbound | note
     source: str = Field(max_length=10)  # smtp | imap | panel | staff | system | file
     message_id: str = Field(index=True, max_length=998)  # without angle brackets
@@ -149,16 +149,16 @@ class Message(SQLModel, table=True):
     to_header: str = Field(default="", sa_column=Column(Text, nullable=False))
     cc_header: str = Field(default="", sa_column=Column(Text, nullable=False))
     subject: str = Field(default="", sa_column=Column(Text, nullable=False))
-    date: Optional[datetime] = None
+    date: datetime | None = None
     text: str = Field(default="", sa_column=Column(Text, nullable=False))
-    html: Optional[str] = Field(default=None, sa_column=Column(Text))
+    html: str | None = Field(default=None, sa_column=Column(Text))
     auto_generated: bool = False
     raw_sha256: str = Field(default="", index=True, max_length=64)
     defects: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     # outbound only: the outbox row that carries it (queued | sent | failed lives there)
-    outbox_id: Optional[int] = Field(default=None, foreign_key="outbox_item.id")
-    delivery_status: Optional[str] = Field(default=None, max_length=12)
-    read_at: Optional[datetime] = None  # read by the customer in the panel
+    outbox_id: int | None = Field(default=None, foreign_key="outbox_item.id")
+    delivery_status: str | None = Field(default=None, max_length=12)
+    read_at: datetime | None = None  # read by the customer in the panel
     # When the gateway received it (journal time; for outbound mail, when it was queued): the
     # order of a case's messages, also when several instances process them.
     received_at: datetime = Field(default_factory=utcnow)
@@ -166,15 +166,15 @@ class Message(SQLModel, table=True):
 
 
 class Attachment(SQLModel, table=True):
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     message_id: int = Field(foreign_key="message.id", index=True)
     filename: str = Field(default="", sa_column=Column(Text, nullable=False))
     content_type: str = Field(default="application/octet-stream", max_length=255)
     size: int = 0
-    sha256: Optional[str] = Field(default=None, max_length=64)  # None when refused
+    sha256: str | None = Field(default=None, max_length=64)  # None when refused
     refused: bool = False
-    reason: Optional[str] = None
-    content_id: Optional[str] = Field(default=None, max_length=998)
+    reason: str | None = None
+    content_id: str | None = Field(default=None, max_length=998)
     inline: bool = False
 
 
@@ -190,12 +190,12 @@ class SecurityEvent(SQLModel, table=True):
     """A refused attempt to write into someone else's case, and similar facts for audits."""
 
     __tablename__ = "security_event"
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     kind: str = Field(max_length=40)
     sender: str = Field(default="", max_length=320)
-    target_case_id: Optional[int] = Field(default=None, foreign_key="support_case.id")
-    new_case_id: Optional[int] = Field(default=None, foreign_key="support_case.id")
-    journal_id: Optional[int] = None
+    target_case_id: int | None = Field(default=None, foreign_key="support_case.id")
+    new_case_id: int | None = Field(default=None, foreign_key="support_case.id")
+    journal_id: int | None = None
     detail: str = Field(default="", sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -210,8 +210,8 @@ class OutboxItem(SQLModel, table=True):
         Index("ix_outbox_recipient_created", "recipient", "created_at"),
     )
 
-    id: Optional[int] = Field(default=None, primary_key=True)
-    case_id: Optional[int] = Field(default=None, foreign_key="support_case.id", index=True)
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int | None = Field(default=None, foreign_key="support_case.id", index=True)
     kind: str = Field(max_length=40)  # the template: ack, refused, staff_reply, notification, ...
     automatic: bool = True
     mail_from: str = Field(max_length=320)  # envelope sender
@@ -221,11 +221,11 @@ class OutboxItem(SQLModel, table=True):
     status: str = Field(default="queued", max_length=10)  # queued | sending | sent | failed
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow)
-    claimed_by: Optional[str] = Field(default=None, max_length=200)
-    claimed_until: Optional[datetime] = None
-    last_error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    claimed_by: str | None = Field(default=None, max_length=200)
+    claimed_until: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
-    sent_at: Optional[datetime] = None
+    sent_at: datetime | None = None
 
 
 # --- small shared state ---------------------------------------------------------------------------

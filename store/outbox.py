@@ -60,10 +60,14 @@ def find_by_message_id(*, session: Session, message_id: str) -> OutboxItem | Non
 
 
 def count_automatic_to(*, session: Session, recipient: str, since: datetime) -> int:
-    statement = select(func.count()).select_from(OutboxItem).where(
-        OutboxItem.recipient == recipient,
-        col(OutboxItem.automatic).is_(True),
-        OutboxItem.created_at >= since,
+    statement = (
+        select(func.count())
+        .select_from(OutboxItem)
+        .where(
+            OutboxItem.recipient == recipient,
+            col(OutboxItem.automatic).is_(True),
+            OutboxItem.created_at >= since,
+        )
     )
     return session.exec(statement).one()
 

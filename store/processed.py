@@ -11,14 +11,10 @@ def get_processed(*, session: Session, journal_id: int) -> ProcessedEntry | None
     return session.get(ProcessedEntry, journal_id)
 
 
-def find_original(
-    *, session: Session, raw_sha256: str, message_id: str | None, sender: str
-) -> ProcessedEntry | None:
+def find_original(*, session: Session, raw_sha256: str, message_id: str | None, sender: str) -> ProcessedEntry | None:
     """An entry already processed (not itself a duplicate) with the same raw bytes, or the same
     Message-ID from the same sender."""
-    statement = select(ProcessedEntry).where(
-        ProcessedEntry.raw_sha256 == raw_sha256, ProcessedEntry.outcome == "done"
-    )
+    statement = select(ProcessedEntry).where(ProcessedEntry.raw_sha256 == raw_sha256, ProcessedEntry.outcome == "done")
     found = session.exec(statement.limit(1)).first()
     if found is not None or not message_id:
         return found

@@ -6,7 +6,7 @@ import email
 import hashlib
 from email import policy
 
-from tests.conftest import all_cases, make_mail, send, sent_mail, settle
+from tests.helpers import all_cases, make_mail, send, sent_mail, settle
 
 LIMIT = 15 * 1024 * 1024
 CUSTOMER = "jan.kowalski@klient.example"
@@ -65,7 +65,7 @@ async def test_attachment_names_are_never_paths(gateway, settings):
         b"From: jan@klient.example\r\nTo: bok@example.test\r\nSubject: zly plik\r\n"
         b"Message-ID: <trav@klient.example>\r\nMIME-Version: 1.0\r\n"
         b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhej\r\n'
-        b'--b\r\nContent-Type: application/octet-stream\r\n'
+        b"--b\r\nContent-Type: application/octet-stream\r\n"
         b'Content-Disposition: attachment; filename="../../etc/passwd"\r\n\r\nroot:x\r\n--b--\r\n'
     )
     await send(settings, raw, mail_from="jan@klient.example")

@@ -25,10 +25,10 @@ from sqlmodel import col, select
 
 from store.db import make_engine, reading
 from store.models import Case, JournalEntry, Message, OutboxItem
-from tests.conftest import PG_SERVER_URL, make_mail
-from tests.dovecot import make_dovecot_fixture
-from tests.relay_sink import RelaySink
-from tests.processes import serve_env, start_serve, wait_healthy
+from tests.helpers import PG_SERVER_URL, make_mail
+from tests.servers.dovecot import make_dovecot_fixture
+from tests.servers.relay_sink import RelaySink
+from tests.servers.serve import serve_env, start_serve, wait_healthy
 
 dovecot = make_dovecot_fixture()
 
@@ -89,8 +89,9 @@ async def _stream(ports: list[int]) -> dict[int, list[str]]:
             customer = f"klient{number}@klient.example"
             first_id = None
             for step in range(PER_CONVERSATION):
-                message = make_mail(sender=customer, subject=f"rozmowa {number}", body=f"krok {step}",
-                                    in_reply_to=first_id)
+                message = make_mail(
+                    sender=customer, subject=f"rozmowa {number}", body=f"krok {step}", in_reply_to=first_id
+                )
                 await _send(ports[(number + step) % 2], message)  # alternate the instances
                 first_id = first_id or str(message["Message-ID"])
                 sent[number].append(str(message["Message-ID"]).strip("<>"))
@@ -102,9 +103,7 @@ async def _stream(ports: list[int]) -> dict[int, list[str]]:
 def _settled(engine) -> bool:  # type: ignore[no-untyped-def]
     with reading(engine) as session:
         pending = session.exec(select(func.count()).where(JournalEntry.status == "pending")).one()
-        unsent = session.exec(
-            select(func.count()).where(col(OutboxItem.status).in_(("queued", "sending")))
-        ).one()
+        unsent = session.exec(select(func.count()).where(col(OutboxItem.status).in_(("queued", "sending")))).one()
     return pending == 0 and unsent == 0
 
 

@@ -14,8 +14,7 @@ from sqlmodel import select
 
 from store.db import make_engine, reading
 from store.models import ProcessedEntry
-
-from tests.conftest import CORPUS, REPO
+from tests.helpers import CORPUS, REPO
 
 MESSAGE_SUFFIXES = {".eml", ".txt"}
 

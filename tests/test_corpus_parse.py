@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.parse import ParsedMessage, parse_message
+from gateway.parse.message import ParsedMessage, parse_message
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 if not CORPUS.is_dir():
@@ -149,7 +149,8 @@ def wrap_tnef(tnef: bytes) -> bytes:
         b"--tnef\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee the attachments.\r\n"
         b'--tnef\r\nContent-Type: application/ms-tnef; name="winmail.dat"\r\n'
         b'Content-Disposition: attachment; filename="winmail.dat"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
-        + encoded + b"--tnef--\r\n"
+        + encoded
+        + b"--tnef--\r\n"
     )
 
 
@@ -175,7 +176,10 @@ def test_tnef_inline_images_follow_the_html() -> None:
     parsed = parse_message(wrap_tnef((CORPUS / "mimekit/tnef/panic.tnef").read_bytes()))
     assert parsed.html is not None
     assert [(a.filename, a.inline) for a in parsed.attachments] == [
-        ("image001.jpg", True), ("image002.jpg", True), ("image003.png", True), ("body.txt", False)
+        ("image001.jpg", True),
+        ("image002.jpg", True),
+        ("image003.png", True),
+        ("body.txt", False),
     ]
 
 

@@ -16,9 +16,8 @@ from sqlmodel import select
 
 from store.db import journal_engine_for, make_engine, reading
 from store.models import JournalEntry
-
-from tests.conftest import REPO, make_mail
-from tests.processes import serve_env, start_serve, wait_healthy
+from tests.helpers import REPO, make_mail
+from tests.servers.serve import serve_env, start_serve, wait_healthy
 
 
 async def _stream(port: int, client_number: int, acknowledged: list[str], stop: asyncio.Event) -> None:
@@ -35,7 +34,7 @@ async def _stream(port: int, client_number: int, acknowledged: list[str], stop: 
                 )
                 await client.send_message(message)
                 acknowledged.append(str(message["Message-ID"]).strip("<>"))
-    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+    except (TimeoutError, aiosmtplib.SMTPException, OSError):
         pass  # the server was killed under us: what was not acknowledged is the sender's to retry
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import imaplib
 
-from tests.dovecot import DovecotServer, make_dovecot_fixture
+from tests.servers.dovecot import DovecotServer, make_dovecot_fixture
 
 dovecot = make_dovecot_fixture()
 dovecot_tls = make_dovecot_fixture(name="dovecot_tls", tls=True)

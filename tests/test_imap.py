@@ -17,12 +17,12 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, SQLModel, select
 
-from gateway.imap import MailboxPoller
+from gateway.imap.poller import MailboxPoller
 from gateway.intake import Intake
 from store import imap_state
 from store.db import make_engine, transaction
 from store.models import ImapState, JournalEntry
-from tests.dovecot import DovecotServer, make_dovecot_fixture
+from tests.servers.dovecot import DovecotServer, make_dovecot_fixture
 
 dovecot = make_dovecot_fixture()
 dovecot_tls = make_dovecot_fixture(name="dovecot_tls", tls=True)
@@ -106,8 +106,11 @@ def make_poller(
     dovecot: DovecotServer, engine: Engine, intake: Intake, *, use_idle: bool = True, **settings: object
 ) -> MailboxPoller:
     return MailboxPoller(
-        dovecot.mailbox_settings(**settings), engine=engine, intake=intake,
-        reconnect_max_seconds=2, use_idle=use_idle,
+        dovecot.mailbox_settings(**settings),
+        engine=engine,
+        intake=intake,
+        reconnect_max_seconds=2,
+        use_idle=use_idle,
     )
 
 
@@ -164,7 +167,10 @@ async def test_idle_delivers_within_seconds(dovecot: DovecotServer, engine: Engi
         report(f"IDLE (safety-net poll every {LONG_POLL:.0f} s):", latencies)
         assert max(latencies) < 5
         assert poller.status == {
-            "state": "idle", "last_error": None, "last_uid": 5, "uidvalidity": dovecot.uidvalidity(),
+            "state": "idle",
+            "last_error": None,
+            "last_uid": 5,
+            "uidvalidity": dovecot.uidvalidity(),
         }
 
 
@@ -214,7 +220,7 @@ async def test_delete_expunges(dovecot: DovecotServer, engine: Engine, intake: I
         await append(dovecot, later)
         rows = await wait_rows(engine, 4)
         await wait_until(lambda: dovecot.messages() == {}, what="an empty INBOX again")
-    assert [row.raw for row in rows] == raws + [later]
+    assert [row.raw for row in rows] == [*raws, later]
 
 
 async def test_move_to_folder(dovecot: DovecotServer, engine: Engine, intake: Intake) -> None:
@@ -233,9 +239,7 @@ async def test_move_to_folder(dovecot: DovecotServer, engine: Engine, intake: In
     assert all("\\Seen" not in flags for flags in moved.values())
 
 
-async def test_server_without_idle_move_uidplus(
-    dovecot_minimal: DovecotServer, engine: Engine, intake: Intake
-) -> None:
+async def test_server_without_idle_move_uidplus(dovecot_minimal: DovecotServer, engine: Engine, intake: Intake) -> None:
     dovecot_minimal.create_folder("Done")
     raws = [message(1), message(2)]
     for raw in raws:
@@ -377,7 +381,7 @@ async def test_uidvalidity_change_refetches_the_folder(dovecot: DovecotServer, e
 async def test_malformed_message_between_good_ones(dovecot: DovecotServer, engine: Engine, intake: Intake) -> None:
     malformed = (
         b"this is not a header line\r\n"
-        b"Content-Type: multipart/mixed; boundary=\"never-closed\r\n"
+        b'Content-Type: multipart/mixed; boundary="never-closed\r\n'
         b"Subject: =?utf-8?B?broken-base64!!?=\r\n"
         b"\r\n--never-closed\r\n\xff\xfe raw 8-bit garbage \x80\x81\r\n"
     )
@@ -418,8 +422,7 @@ async def test_attachment_of_15_mib_plus_one_is_byte_exact(
     mail["Subject"] = "big attachment"
     mail["Message-ID"] = "<big-1@example.test>"
     mail.set_content("See attached.\n")
-    mail.add_attachment(os.urandom(15 * MIB + 1), maintype="application", subtype="octet-stream",
-                        filename="big.bin")
+    mail.add_attachment(os.urandom(15 * MIB + 1), maintype="application", subtype="octet-stream", filename="big.bin")
     raw = mail.as_bytes(policy=mail.policy.clone(linesep="\r\n"))
     small = message(2)
     await append(dovecot, raw)
@@ -441,7 +444,9 @@ async def test_tls_and_starttls(dovecot_tls: DovecotServer, engine: Engine, inta
     await append(dovecot_tls, raw)
     poller = MailboxPoller(
         dovecot_tls.mailbox_settings(security=security, poll_seconds=LONG_POLL),
-        engine=engine, intake=intake, ssl_context=dovecot_tls.ssl_context(),
+        engine=engine,
+        intake=intake,
+        ssl_context=dovecot_tls.ssl_context(),
     )
     async with running(poller):
         rows = await wait_rows(engine, 1)

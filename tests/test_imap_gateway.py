@@ -11,14 +11,16 @@ import time
 import httpx
 from sqlalchemy import update
 
-from gateway.service import Gateway
+from gateway.app import Gateway
 from store.db import transaction
 from store.models import ImapState
-from tests.conftest import all_cases, make_mail, send, sent_mail, settle
-from tests.dovecot import make_dovecot_fixture
+from tests.helpers import all_cases, make_mail, send, sent_mail, settle
+from tests.servers.dovecot import make_dovecot_fixture
 
 dovecot = make_dovecot_fixture()
-dovecot_without_idle = make_dovecot_fixture(name="dovecot_without_idle", extra_config="imap_capability = IMAP4rev1 LITERAL+\n")
+dovecot_without_idle = make_dovecot_fixture(
+    name="dovecot_without_idle", extra_config="imap_capability = IMAP4rev1 LITERAL+\n"
+)
 
 LIMIT = 15 * 1024 * 1024
 
@@ -123,8 +125,9 @@ async def _wait_for_journal_entries(gateway: Gateway, count: int, timeout: float
 async def test_oversized_attachment_from_a_mailbox_is_refused_and_the_sender_told(settings_factory, dovecot):
     gateway = await _gateway(settings_factory, dovecot, poll_seconds=300.0)
     try:
-        message = make_mail(sender="duzy@klient.example", subject="Duży plik",
-                            attachments=[("skan.pdf", b"x" * (LIMIT + 1))])
+        message = make_mail(
+            sender="duzy@klient.example", subject="Duży plik", attachments=[("skan.pdf", b"x" * (LIMIT + 1))]
+        )
         await asyncio.to_thread(dovecot.append, crlf(message))
         await _wait_for_cases(gateway, 1)
         await settle(gateway, outbox=True)

@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import select
 
-from gateway.service import Gateway
+from gateway.app import Gateway
 from gateway.settings import Settings
 from store.db import reading, transaction
 from store.models import Case, OutboxItem, utcnow
-from tests.conftest import (
+from tests.helpers import (
     CORPUS,
     STAFF_QUEUE,
     SUPPORT,
@@ -56,7 +56,9 @@ async def deliver(
 AUTOMATIC = [
     pytest.param({"headers": {"Auto-Submitted": "auto-replied"}}, id="auto-submitted-auto-replied"),
     pytest.param({"headers": {"Auto-Submitted": "auto-generated"}}, id="auto-submitted-auto-generated"),
-    pytest.param({"headers": {"Auto-Submitted": "Auto-Replied; owner-email=x@klient.example"}}, id="auto-submitted-params"),
+    pytest.param(
+        {"headers": {"Auto-Submitted": "Auto-Replied; owner-email=x@klient.example"}}, id="auto-submitted-params"
+    ),
     pytest.param({"headers": {"Precedence": "bulk"}}, id="precedence-bulk"),
     pytest.param({"headers": {"Precedence": "junk"}}, id="precedence-junk"),
     pytest.param({"headers": {"Precedence": "list"}}, id="precedence-list"),
@@ -175,7 +177,7 @@ def make_dsn(original: bytes, *, action: str = "failed", status: str = "5.1.1", 
     """A DSN as Postfix writes it: text, message/delivery-status, text/rfc822-headers of the original."""
     headers = original.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode("ascii")
     boundary = "dsn-boundary-1234"
-    diagnostic = "smtp; 550 5.1.1 <%s>: Recipient address rejected: User unknown" % recipient
+    diagnostic = f"smtp; 550 5.1.1 <{recipient}>: Recipient address rejected: User unknown"
     text = f"""\
 From: Mail Delivery System <MAILER-DAEMON@mx.klient.example>
 To: {SUPPORT}
@@ -288,8 +290,12 @@ async def test_a_corpus_bounce_adapted_to_our_message(gateway, settings):
     ack_id = parsed(ack)["Message-ID"]
     raw = (CORPUS / "mikel-mail" / "multipart_report_emails" / "report_530.eml").read_bytes()
     # The returned headers of the corpus bounce now name our acknowledgement.
-    raw = re.sub(rb"(?m)^Message-Id: <200712232303\.lBNN3jDq002941@mail12\.rrrr\.com\.au>",
-                 b"Message-Id: " + str(ack_id).encode(), raw, count=1)
+    raw = re.sub(
+        rb"(?m)^Message-Id: <200712232303\.lBNN3jDq002941@mail12\.rrrr\.com\.au>",
+        b"Message-Id: " + str(ack_id).encode(),
+        raw,
+        count=1,
+    )
     raw = raw.replace(b"To: <mikel@sssss.net>", b"To: <" + SUPPORT.encode() + b">", 1)
     await deliver(gateway, settings, raw, mail_from="")
     [after] = all_cases(gateway)

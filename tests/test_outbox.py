@@ -8,30 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import email
+import itertools
 import random
 import signal
 import smtplib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from email import policy
 from datetime import timedelta
+from email import policy
 from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from gateway.outbox import OutboxWorker
-from gateway.relay import make_relay
-from gateway.replies import Outgoing
-from gateway.service import Components, Gateway
+from gateway.app import Components, Gateway
+from gateway.outbound.relay import make_relay
+from gateway.outbound.replies import Outgoing
+from gateway.outbound.worker import OutboxWorker
 from gateway.settings import Settings
 from store.db import make_engine, reading, transaction
 from store.models import Case, Message, OutboxItem, utcnow
-from tests.conftest import STAFF_QUEUE, free_port, make_mail, send, settle
-from tests.relay_sink import DROP, RelaySink
-from tests.processes import serve_env, start_serve, wait_healthy
+from tests.helpers import STAFF_QUEUE, free_port, make_mail, send, settle
+from tests.servers.relay_sink import DROP, RelaySink
+from tests.servers.serve import serve_env, start_serve, wait_healthy
 
 CUSTOMER = "jan.kowalski@klient.example"
 BACKOFF = 0.2
@@ -112,7 +113,7 @@ async def test_temporary_failures_are_retried_with_growing_backoff(relayed, rela
     assert [a.reply for a in attempts] == [reply] * 3 + [ack.reply]
     # The very same bytes every time: Message-ID, Date and body are fixed before the first attempt.
     assert len({a.raw for a in attempts}) == 1
-    gaps = [later.at - earlier.at for earlier, later in zip(attempts, attempts[1:])]
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(attempts)]
     # Backoff 0.2 s doubling, jitter ±20 %: at least 0.16, 0.32, 0.64 s (latency only adds).
     for number, gap in enumerate(gaps):
         assert gap >= 0.8 * BACKOFF * 2**number - 0.01, gaps
@@ -203,7 +204,9 @@ async def test_a_permanent_failure_marks_the_message_failed_and_tells_staff(rela
 
 async def test_the_give_up_age_turns_temporary_failures_into_a_failure(settings_factory, sink):
     settings = settings_factory(
-        relay_url=sink.url, outbox_backoff_seconds=0.1, outbox_give_up_hours=1.0 / 3600  # one second
+        relay_url=sink.url,
+        outbox_backoff_seconds=0.1,
+        outbox_give_up_hours=1.0 / 3600,  # one second
     )
     sink.fail("451 4.7.1 Greylisted, try again later", recipient=CUSTOMER)
     gateway = Gateway(settings)
@@ -214,8 +217,9 @@ async def test_the_give_up_age_turns_temporary_failures_into_a_failure(settings_
         row = row_of(gateway, kind="ack", recipient=CUSTOMER)
         assert row.attempts >= 2 and "gave up" in (row.last_error or "")
         assert delivery_status(gateway, row.id or 0) == "failed"
-        await sink.wait_for(lambda s: any(_parse(d.raw)["In-Reply-To"] == f"<{row.message_id}>"
-                                          for d in s.accepted_to(STAFF_QUEUE)))
+        await sink.wait_for(
+            lambda s: any(_parse(d.raw)["In-Reply-To"] == f"<{row.message_id}>" for d in s.accepted_to(STAFF_QUEUE))
+        )
         assert sink.accepted_to(CUSTOMER) == []
     finally:
         await gateway.stop()
@@ -271,8 +275,12 @@ async def test_an_attempt_that_outlived_its_lease_does_not_undo_a_delivery(setti
         relay = make_relay(sink.url, timeout=5)
 
         def worker(name: str) -> OutboxWorker:
-            return OutboxWorker(engine=components.engine, settings=settings.model_copy(update={"instance_name": name}),
-                                relay=relay, replies=components.replies)
+            return OutboxWorker(
+                engine=components.engine,
+                settings=settings.model_copy(update={"instance_name": name}),
+                relay=relay,
+                replies=components.replies,
+            )
 
         first, second = worker("instance-a"), worker("instance-b")
         [stale] = first._claim()

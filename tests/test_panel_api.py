@@ -19,12 +19,12 @@ import pytest
 from sqlalchemy import func, text
 from sqlmodel import select
 
-from gateway.panel_auth import issue_token
-from gateway.service import Gateway
+from gateway.app import Gateway
+from gateway.panel.auth import issue_token
 from gateway.settings import Settings
 from store.db import reading, transaction
 from store.models import Attachment, Case, JournalEntry, Message, utcnow
-from tests.conftest import (
+from tests.helpers import (
     STAFF,
     STAFF_QUEUE,
     SUPPORT,
@@ -60,10 +60,19 @@ ACCOUNT_B: dict[str, Any] = {
 # --- helpers shared by the panel tests ------------------------------------------------------------
 
 
-def token(settings: Settings, *, account: str = "A", role: str = "admin", service: str | None = None,
-          sub: str = ADMIN_A, hours: float = 1.0, secret: str | None = None) -> str:
-    return issue_token(secret=secret or settings.panel_secret, sub=sub, account=account, role=role,
-                       service=service, hours=hours)
+def token(
+    settings: Settings,
+    *,
+    account: str = "A",
+    role: str = "admin",
+    service: str | None = None,
+    sub: str = ADMIN_A,
+    hours: float = 1.0,
+    secret: str | None = None,
+) -> str:
+    return issue_token(
+        secret=secret or settings.panel_secret, sub=sub, account=account, role=role, service=service, hours=hours
+    )
 
 
 def bearer(value: str) -> dict[str, str]:
@@ -85,10 +94,17 @@ async def put_directory(client: httpx.AsyncClient, settings: Settings) -> None:
         assert response.status_code == 200, response.text
 
 
-async def new_message(client: httpx.AsyncClient, headers: dict[str, str], *, service: str = "a-www",
-                      subject: str = "Nie działa strona", body: str = "Strona zwraca błąd 500.",
-                      sender: str | None = None, files: list[tuple[str, bytes, str]] | None = None,
-                      category: str = "hosting") -> httpx.Response:
+async def new_message(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    *,
+    service: str = "a-www",
+    subject: str = "Nie działa strona",
+    body: str = "Strona zwraca błąd 500.",
+    sender: str | None = None,
+    files: list[tuple[str, bytes, str]] | None = None,
+    category: str = "hosting",
+) -> httpx.Response:
     data = {"category": category, "service": service, "subject": subject, "body": body}
     if sender:
         data["sender"] = sender
@@ -149,8 +165,11 @@ async def test_directory_is_written_with_a_system_token_only(client, settings):
 
 async def test_directory_put_replaces_services_and_contacts(client, settings, gateway):
     system = bearer(token(settings, account="panel", role="system"))
-    replaced = {**ACCOUNT_A, "services": [{"id": "a-www", "name": "Nowa nazwa"}],
-                "contacts": [{"kind": "technical", "name": "Nowy Technik", "email": "Nowy@Firma-A.example"}]}
+    replaced = {
+        **ACCOUNT_A,
+        "services": [{"id": "a-www", "name": "Nowa nazwa"}],
+        "contacts": [{"kind": "technical", "name": "Nowy Technik", "email": "Nowy@Firma-A.example"}],
+    }
     response = await client.put("/api/accounts/A", json=replaced, headers=system)
     assert response.status_code == 200
     me = (await client.get("/api/panel/me", headers=admin(settings))).json()
@@ -186,8 +205,13 @@ async def test_mail_from_a_contact_is_linked_to_the_account(client, settings, ga
 
 async def test_form_message_enters_the_pipeline_like_smtp_mail(client, settings, gateway):
     pdf = b"%PDF-1.4 zrzut ekranu"
-    response = await new_message(client, admin(settings), sender="technical", subject="Błąd 500 na stronie",
-                                 files=[("zrzut ekranu.pdf", pdf, "application/pdf")])
+    response = await new_message(
+        client,
+        admin(settings),
+        sender="technical",
+        subject="Błąd 500 na stronie",
+        files=[("zrzut ekranu.pdf", pdf, "application/pdf")],
+    )
     assert response.status_code == 201, response.text
     number = response.json()["number"]
 
@@ -203,8 +227,13 @@ async def test_form_message_enters_the_pipeline_like_smtp_mail(client, settings,
     with reading(gateway.components.journal_engine) as session:
         [entry] = session.exec(select(JournalEntry)).all()
     assert entry.source == "panel" and entry.status == "done"
-    assert entry.meta["panel"] == {"account": "A", "service": "a-www", "category": "hosting", "case": None,
-                                   "login": ADMIN_A}
+    assert entry.meta["panel"] == {
+        "account": "A",
+        "service": "a-www",
+        "category": "hosting",
+        "case": None,
+        "login": ADMIN_A,
+    }
     raw = email.message_from_bytes(entry.raw, policy=policy.default)
     assert raw["Subject"] == "Błąd 500 na stronie" and raw["Message-ID"] and raw["Date"]
 
@@ -225,8 +254,12 @@ async def test_without_a_sender_the_mail_is_from_the_login(client, settings, gat
 
 async def test_a_panel_reply_threads_into_its_case(client, settings, gateway):
     number = await _case(client, admin(settings), sender="representative")
-    response = await client.post(f"/api/panel/cases/{number}/replies", data={"body": "Jeszcze jedno."},
-                                 files=[("files", ("log.txt", b"error log", "text/plain"))], headers=admin(settings))
+    response = await client.post(
+        f"/api/panel/cases/{number}/replies",
+        data={"body": "Jeszcze jedno."},
+        files=[("files", ("log.txt", b"error log", "text/plain"))],
+        headers=admin(settings),
+    )
     assert response.status_code == 201 and response.json()["number"] == number
     case = case_by_number(gateway, number)
     assert [m["direction"] for m in case["messages"]] == ["inbound", "outbound", "inbound"]
@@ -239,8 +272,9 @@ async def test_a_panel_reply_threads_into_its_case(client, settings, gateway):
 
 
 async def test_missing_fields_are_named_and_nothing_is_stored(client, settings, gateway):
-    response = await client.post("/api/panel/messages", data={"service": "a-www", "subject": "  "},
-                                 headers=admin(settings))
+    response = await client.post(
+        "/api/panel/messages", data={"service": "a-www", "subject": "  "}, headers=admin(settings)
+    )
     assert response.status_code == 422
     missing = {tuple(error["loc"]) for error in response.json()["detail"]}
     assert missing == {("body", "category"), ("body", "subject"), ("body", "body")}
@@ -277,7 +311,9 @@ async def test_a_reply_with_a_file_over_the_limit_stores_nothing(client, setting
     number = await _case(client, admin(settings))
     before = journal_count(gateway)
     response = await client.post(
-        f"/api/panel/cases/{number}/replies", data={"body": "plik"}, headers=admin(settings),
+        f"/api/panel/cases/{number}/replies",
+        data={"body": "plik"},
+        headers=admin(settings),
         files=[("files", ("duzy.bin", b"x" * (LIMIT + 1), "application/octet-stream"))],
     )
     assert response.status_code == 413 and response.json()["filename"] == "duzy.bin"
@@ -297,8 +333,7 @@ async def test_an_admin_sees_every_service_of_its_account_and_nothing_else(clien
 
 async def test_a_standard_login_sees_only_its_service(client, settings, gateway):
     www = await _case(client, admin(settings), service="a-www")
-    mail = await _case(client, admin(settings), service="a-mail",
-                       files=[("hasla.txt", b"tajne", "text/plain")])
+    mail = await _case(client, admin(settings), service="a-mail", files=[("hasla.txt", b"tajne", "text/plain")])
     login = standard(settings, "a-www")
     assert [i["number"] for i in (await _list(client, login))["items"]] == [www]
     assert (await client.get(f"/api/panel/cases/{www}", headers=login)).status_code == 200
@@ -340,8 +375,13 @@ async def test_internal_notes_and_their_attachments_are_never_shown(client, sett
     number = await _case(client, admin(settings))
     assert gateway.components is not None
     address = gateway.components.addresses.for_staff(number=number)
-    note = make_mail(sender=STAFF, to=address, subject=f"[#{number}]", body="#note\nKlient jest trudny.",
-                     attachments=[("notatka.txt", b"wewnetrzne")])
+    note = make_mail(
+        sender=STAFF,
+        to=address,
+        subject=f"[#{number}]",
+        body="#note\nKlient jest trudny.",
+        attachments=[("notatka.txt", b"wewnetrzne")],
+    )
     await send(settings, note, recipients=[address])
     await settle(gateway)
     case = case_by_number(gateway, number)
@@ -367,8 +407,9 @@ def _bad_tokens(settings: Settings) -> dict[str, dict[str, str]]:
         "expired": bearer(token(settings, hours=-1)),
         "wrong secret": bearer(token(settings, secret="someone-elses-secret-of-enough-length")),
         "tampered": bearer(f"{header}.{payload}x.{signature}"),
-        "standard without service": bearer(issue_token(secret=settings.panel_secret, sub="x@y", account="A",
-                                                       role="standard")),
+        "standard without service": bearer(
+            issue_token(secret=settings.panel_secret, sub="x@y", account="A", role="standard")
+        ),
         "system is not a login": bearer(token(settings, role="system")),
     }
 
@@ -396,8 +437,9 @@ async def test_bad_tokens_get_401_everywhere(client, settings, gateway):
 
 
 async def test_download_links_are_signed_per_attachment(client, settings, gateway):
-    number = await _case(client, admin(settings), files=[("a.txt", b"pierwszy", "text/plain"),
-                                                         ("b.txt", b"drugi", "text/plain")])
+    number = await _case(
+        client, admin(settings), files=[("a.txt", b"pierwszy", "text/plain"), ("b.txt", b"drugi", "text/plain")]
+    )
     thread = (await client.get(f"/api/panel/cases/{number}", headers=admin(settings))).json()
     first, second = thread["messages"][0]["attachments"]
     assert (await client.get(first["download_url"])).content == b"pierwszy"  # no token needed
@@ -436,8 +478,9 @@ async def test_answered_and_unread_follow_the_conversation(client, settings, gat
     assert (await _item(client, login, number))["unread"] == 2
 
     # the customer writes again: no longer answered; the answers are still unread
-    response = await client.post(f"/api/panel/cases/{number}/replies", data={"body": "Nadal nie działa."},
-                                 headers=login)
+    response = await client.post(
+        f"/api/panel/cases/{number}/replies", data={"body": "Nadal nie działa."}, headers=login
+    )
     assert response.status_code == 201
     item = await _item(client, login, number)
     assert (item["answered"], item["unread"]) == (False, 2)
@@ -506,10 +549,19 @@ def _bulk_cases(gateway: Gateway, *, account: str, count: int, service: str = "a
     assert gateway.components is not None
     now = utcnow()
     rows = [
-        {"number": f"2000-{i:06d}", "subject": f"Sprawa {i}", "status": "open", "requester": "x@firma-a.example",
-         "requester_name": "", "language": "pl", "account_id": account, "service_id": service,
-         "created_at": now, "updated_at": now.replace(year=2000) if i % 2 else now.replace(year=2001),
-         "message_count": 0}
+        {
+            "number": f"2000-{i:06d}",
+            "subject": f"Sprawa {i}",
+            "status": "open",
+            "requester": "x@firma-a.example",
+            "requester_name": "",
+            "language": "pl",
+            "account_id": account,
+            "service_id": service,
+            "created_at": now,
+            "updated_at": now.replace(year=2000) if i % 2 else now.replace(year=2001),
+            "message_count": 0,
+        }
         for i in range(count)
     ]
     with transaction(gateway.components.engine) as session:
@@ -542,10 +594,12 @@ async def test_the_list_stays_fast_with_a_hundred_thousand_cases(client, setting
     assert gateway.components is not None
     if gateway.components.engine.dialect.name == "sqlite":
         with gateway.components.engine.connect() as connection:
-            plan = connection.execute(text(
-                "EXPLAIN QUERY PLAN SELECT * FROM support_case WHERE account_id = 'A' "
-                "ORDER BY updated_at DESC, id DESC LIMIT 25 OFFSET 25"
-            )).all()
+            plan = connection.execute(
+                text(
+                    "EXPLAIN QUERY PLAN SELECT * FROM support_case WHERE account_id = 'A' "
+                    "ORDER BY updated_at DESC, id DESC LIMIT 25 OFFSET 25"
+                )
+            ).all()
         assert "ix_case_account_updated" in " ".join(str(row) for row in plan)
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.service import Gateway
+from gateway.app import Gateway
 from gateway.settings import Settings
-from tests.conftest import case_by_number, send, settle
+from tests.helpers import case_by_number, send, settle
 from tests.test_panel_api import (
     ACCOUNT_A,
     _html_mail,
@@ -30,8 +30,14 @@ from tests.test_panel_api import (
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 TIMEOUT_MS = 15_000
 
@@ -108,8 +114,9 @@ async def test_a_customer_writes_sees_the_answer_and_marks_it_read(page, base_ur
     await form.get_by_label("Nadawca").select_option("technical")
     await form.get_by_label("Temat").fill("Nie działa formularz kontaktowy")
     await form.get_by_label("Treść").fill("Dzień dobry,\nformularz na stronie zwraca błąd 500.")
-    await page.evaluate(DROP_FILE, ["#new-message [data-dropzone]", "błąd.pdf", "application/pdf", 0,
-                                    "%PDF-1.4 upuszczony plik"])
+    await page.evaluate(
+        DROP_FILE, ["#new-message [data-dropzone]", "błąd.pdf", "application/pdf", 0, "%PDF-1.4 upuszczony plik"]
+    )
     await _expect(form.locator("[data-file-list] li")).to_contain_text("błąd.pdf")
     await page.screenshot(path=_screenshot("panel-form.png"), full_page=True)
 
@@ -194,7 +201,7 @@ async def test_a_16_mb_file_is_refused_before_anything_is_uploaded(page, base_ur
     await _expect(form.locator("[data-file-list] li")).to_have_count(0)
 
     big = tmp_path / "obraz.iso"
-    with open(big, "wb") as handle:
+    with big.open("wb") as handle:
         handle.truncate(16 * 1024 * 1024)  # a local path: the browser reads it, nothing is piped through
     await form.locator("[data-file-picker]").set_input_files(big)
     await _expect(error).to_contain_text("„obraz.iso”")

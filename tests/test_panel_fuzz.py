@@ -23,8 +23,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from gateway.app import Gateway
 from gateway.http import create_app
-from gateway.service import Gateway
 from gateway.settings import Settings, load_settings
 from tests.test_panel_api import ACCOUNT_A, ACCOUNT_B, bearer, token
 

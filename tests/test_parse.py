@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.parse import ParsedMessage, html_to_text, parse_message
+from gateway.parse.message import ParsedMessage, html_to_text, parse_message
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
@@ -41,8 +41,7 @@ def mixed(*parts: bytes, boundary: str = "XyZ") -> bytes:
 def attachment_part(disposition: str, content: bytes = b"PDF!", ctype: str = "application/pdf") -> bytes:
     encoded = base64.encodebytes(content).replace(b"\n", b"\r\n")
     return (
-        f"Content-Type: {ctype}\r\nContent-Disposition: {disposition}\r\n"
-        "Content-Transfer-Encoding: base64\r\n\r\n"
+        f"Content-Type: {ctype}\r\nContent-Disposition: {disposition}\r\nContent-Transfer-Encoding: base64\r\n\r\n"
     ).encode() + encoded
 
 
@@ -88,7 +87,7 @@ def test_windows_1250_display_name_and_raw_8bit_header() -> None:
 def test_lying_charset_falls_back_and_records_a_defect() -> None:
     raw = message(
         "MIME-Version: 1.0\nContent-Type: text/plain; charset=iso-8859-2",
-        "Dziękuję, działa.\r\n".encode("utf-8"),
+        "Dziękuję, działa.\r\n".encode(),
     )
     parsed = parse_message(raw)
     assert parsed.text == "Dziękuję, działa.\n"
@@ -198,8 +197,7 @@ def test_empty_message_id_is_synthesised() -> None:
 
 def test_threading_headers_without_brackets_tolerating_garbage() -> None:
     raw = message(
-        "In-Reply-To: <case-1.ack@example.test> (sent earlier)\n"
-        "References: <a@x> garbage, <b@y>\n <c@z>\t<not closed"
+        "In-Reply-To: <case-1.ack@example.test> (sent earlier)\nReferences: <a@x> garbage, <b@y>\n <c@z>\t<not closed"
     )
     parsed = parse_message(raw)
     assert parsed.message_id == "abc@example.pl" and not parsed.message_id_synthesised
@@ -257,9 +255,11 @@ def test_multipart_related_inline_image_linked_by_cid() -> None:
         b'Content-Type: multipart/related; boundary="rel"\r\n\r\n'
         b"--rel\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
         b'<p>Zrzut:</p><img src="cid:image001.png@01D9">\r\n'
-        b"--rel\r\n" + attachment_part("inline", b"\x89PNG1", "image/png").replace(
+        b"--rel\r\n"
+        + attachment_part("inline", b"\x89PNG1", "image/png").replace(
             b"Content-Disposition: inline", b"Content-Disposition: inline\r\nContent-ID: <image001.png@01D9>"
-        ) + b"\r\n--rel--"
+        )
+        + b"\r\n--rel--"
     )
     alternative = (
         b'Content-Type: multipart/alternative; boundary="alt"\r\n\r\n'
@@ -274,7 +274,10 @@ def test_multipart_related_inline_image_linked_by_cid() -> None:
     assert parsed.html == '<p>Zrzut:</p><img src="cid:image001.png@01D9">'
     image, report = parsed.attachments
     assert (image.content_type, image.content_id, image.inline, image.content) == (
-        "image/png", "image001.png@01D9", True, b"\x89PNG1"
+        "image/png",
+        "image001.png@01D9",
+        True,
+        b"\x89PNG1",
     )
     assert image.filename == "attachment-1.png"
     assert (report.filename, report.inline, report.content_id) == ("raport.pdf", False, "unused@x")
@@ -452,7 +455,7 @@ def test_not_a_dsn() -> None:
         b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n--\r\n",
         b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!",
         b"Content-Type: text/plain; charset=base64\r\n\r\nabc",
-        b"Content-Type: text/plain; charset=\"\x00\"\r\n\r\nabc",
+        b'Content-Type: text/plain; charset="\x00"\r\n\r\nabc',
         b"From: " + b"a" * 100_000 + b"\r\n\r\n",
     ],
 )
@@ -467,8 +470,15 @@ def test_deep_nesting_does_not_raise() -> None:
     for level in range(300):
         boundary = f"b{level}".encode()
         body = (
-            b"Content-Type: multipart/mixed; boundary=" + boundary + b"\r\n\r\n--" + boundary + b"\r\n"
-            + body + b"\r\n--" + boundary + b"--\r\n"
+            b"Content-Type: multipart/mixed; boundary="
+            + boundary
+            + b"\r\n\r\n--"
+            + boundary
+            + b"\r\n"
+            + body
+            + b"\r\n--"
+            + boundary
+            + b"--\r\n"
         )
     parsed = parse_message(b"Subject: deep\r\n" + body)
     assert isinstance(parsed, ParsedMessage)

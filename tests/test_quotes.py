@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.parse import parse_message
-from gateway.quotes import strip_quoted_reply
+from gateway.parse.message import parse_message
+from gateway.staff.quotes import strip_quoted_reply
 
 POLISH = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "polish-clients"
 EXPECTED: dict[str, dict[str, str]] = (
@@ -49,18 +49,36 @@ def test_every_polish_client_file_has_a_vector() -> None:
         # Gmail Polish, date line wrapped.
         ("Działa!\n\nśr., 26 lis 2026 o 09:12 Jan Nowak <jan@example.pl>\nnapisał(a):\n\n> x\n", "Działa!"),
         # Apple Mail: the attribution sits inside the quote.
-        ("Witam\n\n> Wiadomość napisana przez BOK <bok@example.test> w dniu 25 lis 2026, o godz. 10:00:\n>\n> x", "Witam"),
+        (
+            "Witam\n\n> Wiadomość napisana przez BOK <bok@example.test> w dniu 25 lis 2026, o godz. 10:00:\n>\n> x",
+            "Witam",
+        ),
         # Separators.
-        ("Proszę o telefon.\n\n-----Original Message-----\nFrom: BOK\nSent: Tuesday\nTo: me\nSubject: x\n\nold", "Proszę o telefon."),
+        (
+            "Proszę o telefon.\n\n-----Original Message-----\nFrom: BOK\nSent: Tuesday\nTo: me\nSubject: x\n\nold",
+            "Proszę o telefon.",
+        ),
         ("Proszę o telefon.\n-----Oryginalna wiadomość-----\nOd: BOK\nDo: mnie\nold", "Proszę o telefon."),
         # Outlook blocks, Polish and English, with and without the rule.
-        ("Załącznik w mailu.\n\n________________________________\nOd: BOK <bok@example.test>\nWysłane: wtorek\nDo: Ja\nTemat: [#1] x\n\nold", "Załącznik w mailu."),
-        ("See attached.\n\nFrom: BOK <bok@example.test>\nSent: Tuesday, November 25, 2026 10:00 AM\nTo: Me\nSubject: x\n\nold", "See attached."),
-        ("See attached.\n\n*From:* BOK <bok@example.test>\n*Sent:* Tuesday\n*To:* Me\n*Subject:* x\n\nold", "See attached."),
+        (
+            "Załącznik w mailu.\n\n________________________________\nOd: BOK <bok@example.test>\nWysłane: wtorek\nDo: Ja\nTemat: [#1] x\n\nold",
+            "Załącznik w mailu.",
+        ),
+        (
+            "See attached.\n\nFrom: BOK <bok@example.test>\nSent: Tuesday, November 25, 2026 10:00 AM\nTo: Me\nSubject: x\n\nold",
+            "See attached.",
+        ),
+        (
+            "See attached.\n\n*From:* BOK <bok@example.test>\n*Sent:* Tuesday\n*To:* Me\n*Subject:* x\n\nold",
+            "See attached.",
+        ),
         # Plain ">" quoting without an attribution line.
         ("My answer\n\n> your question\n> more\n", "My answer"),
         # Signatures stay.
-        ("Odpowiedź\n\n-- \nJan Kowalski\ntel. 123\n\nW dniu 25.11.2026 o 10:00, BOK pisze:\n> x\n", "Odpowiedź\n\n-- \nJan Kowalski\ntel. 123"),
+        (
+            "Odpowiedź\n\n-- \nJan Kowalski\ntel. 123\n\nW dniu 25.11.2026 o 10:00, BOK pisze:\n> x\n",
+            "Odpowiedź\n\n-- \nJan Kowalski\ntel. 123",
+        ),
         ("Odpowiedź\n\nW dniu 25.11.2026 o 10:00, BOK pisze:\n> x\n\n-- \nJan Kowalski", "Odpowiedź"),
         # CRLF input, trailing whitespace.
         ("Ok  \r\n\r\nOn Mon, 1 Jan 2026, A wrote:\r\n> q\r\n", "Ok"),

@@ -8,7 +8,7 @@ import hashlib
 import aiosmtplib
 from sqlalchemy import create_engine
 
-from tests.conftest import SUPPORT, all_cases, make_mail, send, settle
+from tests.helpers import SUPPORT, all_cases, make_mail, send, settle
 
 
 async def test_ehlo_advertises_the_extensions(gateway, settings):
@@ -47,7 +47,7 @@ async def test_declared_size_over_the_limit_is_refused_before_data(gateway, sett
 
 
 async def test_undeclared_data_over_the_limit_gets_552_and_nothing_is_stored(settings_factory):
-    from gateway.service import Gateway
+    from gateway.app import Gateway
 
     settings = settings_factory(smtp_max_message_bytes=200_000)
     gateway = Gateway(settings)

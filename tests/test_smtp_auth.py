@@ -9,8 +9,8 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from gateway.service import Gateway
-from tests.conftest import STAFF, SUPPORT, all_cases, make_mail, send, settle
+from gateway.app import Gateway
+from tests.helpers import STAFF, SUPPORT, all_cases, make_mail, send, settle
 
 PASSWORD = "tajne-hasło-agenta"
 
@@ -19,9 +19,24 @@ PASSWORD = "tajne-hasło-agenta"
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -29,9 +44,7 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 async def tls_gateway(settings_factory, certificate):  # type: ignore[no-untyped-def]
     cert, key = certificate
-    settings = settings_factory(
-        smtp_tls_cert_file=cert, smtp_tls_key_file=key, smtp_auth_users={STAFF: PASSWORD}
-    )
+    settings = settings_factory(smtp_tls_cert_file=cert, smtp_tls_key_file=key, smtp_auth_users={STAFF: PASSWORD})
     gateway = Gateway(settings)
     await gateway.start()
     yield gateway
@@ -41,8 +54,7 @@ async def tls_gateway(settings_factory, certificate):  # type: ignore[no-untyped
 def _client(gateway: Gateway) -> aiosmtplib.SMTP:
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    return aiosmtplib.SMTP(hostname="127.0.0.1", port=gateway.settings.smtp_port, tls_context=context,
-                           start_tls=False)
+    return aiosmtplib.SMTP(hostname="127.0.0.1", port=gateway.settings.smtp_port, tls_context=context, start_tls=False)
 
 
 async def test_auth_is_offered_only_after_starttls_and_checks_the_password(tls_gateway):

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
+from gateway.app import Gateway
 from gateway.jobs import auto_close
-from gateway.parse import parse_message
-from gateway.service import Gateway
+from gateway.parse.message import parse_message
 from gateway.settings import Settings
 from store import directory
 from store.db import reading, transaction
 from store.models import Case, utcnow
-from tests.conftest import (
+from tests.helpers import (
     STAFF,
     STAFF_QUEUE,
     SUPPORT,
@@ -62,8 +62,12 @@ def attachment_names(message: EmailMessage) -> list[str]:
 def set_english(gateway: Gateway, customer: str = CUSTOMER) -> None:
     with transaction(engine_of(gateway)) as session:
         directory.replace_account(
-            session=session, account_id="acme", name="ACME Ltd", language="en",
-            services=[], contacts=[("representative", "John Smith", customer)],
+            session=session,
+            account_id="acme",
+            name="ACME Ltd",
+            language="en",
+            services=[],
+            contacts=[("representative", "John Smith", customer)],
         )
 
 
@@ -160,7 +164,10 @@ def _status(gateway: Gateway, number: str) -> str:
 
 async def test_customer_mail_notifies_the_staff_queue(gateway, settings):
     case, first, notification = await customer_opens_case(
-        gateway, settings, body="Nie mogę wysłać poczty, błąd 535.", attachments=[("zrzut.png", b"\x89PNG" + b"x" * 500)]
+        gateway,
+        settings,
+        body="Nie mogę wysłać poczty, błąd 535.",
+        attachments=[("zrzut.png", b"\x89PNG" + b"x" * 500)],
     )
     number = case["number"]
     assert f"[#{number}]" in str(notification["Subject"])
@@ -220,13 +227,14 @@ async def test_staff_answer_reaches_the_customer_without_the_quote(gateway, sett
 
 
 async def test_customer_writing_again_reopens_and_notifies(gateway, settings):
-    case, first, notification = await customer_opens_case(gateway, settings)
+    case, _first, notification = await customer_opens_case(gateway, settings)
     await staff_sends(gateway, settings, notification, "Proszę spróbować teraz.")
     assert _status(gateway, case["number"]) == "answered"
     *_, answer = mail_to(settings, CUSTOMER)
 
-    follow_up = make_mail(sender=CUSTOMER, subject=f"Re: {answer['Subject']}", body="Nadal nie działa.",
-                          in_reply_to=answer["Message-ID"])
+    follow_up = make_mail(
+        sender=CUSTOMER, subject=f"Re: {answer['Subject']}", body="Nadal nie działa.", in_reply_to=answer["Message-ID"]
+    )
     await deliver(gateway, settings, follow_up)
     assert _status(gateway, case["number"]) == "open"
     *_, second_notification = mail_to(settings, STAFF_QUEUE)
@@ -242,8 +250,13 @@ async def test_staff_attachments_go_along_within_the_limit(gateway, settings_fac
     try:
         case, _, notification = await customer_opens_case(running, settings)
         small, big = b"%PDF-1.4 " + b"a" * 2_000, b"PK" + b"z" * 80_000
-        await staff_sends(running, settings, notification, "W załączniku instrukcja.",
-                          attachments=[("instrukcja.pdf", small), ("logi.zip", big)])
+        await staff_sends(
+            running,
+            settings,
+            notification,
+            "W załączniku instrukcja.",
+            attachments=[("instrukcja.pdf", small), ("logi.zip", big)],
+        )
         *_, answer = mail_to(settings, CUSTOMER)
         assert attachment_names(answer) == ["instrukcja.pdf"]
         [part] = answer.iter_attachments()
@@ -258,9 +271,10 @@ async def test_staff_attachments_go_along_within_the_limit(gateway, settings_fac
 
 
 async def test_a_staff_member_of_a_staff_domain_may_answer(gateway, settings):
-    case, _, notification = await customer_opens_case(gateway, settings)
-    await staff_sends(gateway, settings, notification, "Odpowiedź z domeny zespołu.",
-                      sender="Piotr <piotr@staff.example.test>")
+    _case, _, notification = await customer_opens_case(gateway, settings)
+    await staff_sends(
+        gateway, settings, notification, "Odpowiedź z domeny zespołu.", sender="Piotr <piotr@staff.example.test>"
+    )
     *_, answer = mail_to(settings, CUSTOMER)
     assert plain(answer).startswith("Odpowiedź z domeny zespołu.")
     assert "piotr@staff.example.test" not in answer.as_string()
@@ -283,13 +297,19 @@ async def test_ack_and_answer_thread_under_the_customers_message_and_replies_com
     assert parse_message(answer.as_bytes()).references[0] == customer_id
 
     # A reply to the acknowledgement (client keeps only In-Reply-To/References, drops the tag).
-    to_ack = make_mail(sender=CUSTOMER, subject="Re: pytanie", body="Dziękuję za potwierdzenie.",
-                       in_reply_to=ack["Message-ID"])
+    to_ack = make_mail(
+        sender=CUSTOMER, subject="Re: pytanie", body="Dziękuję za potwierdzenie.", in_reply_to=ack["Message-ID"]
+    )
     await deliver(gateway, settings, to_ack)
     # A reply to the staff answer, sent to its signed Reply-To address.
     reply_address = answer["Reply-To"].addresses[0].addr_spec
-    to_answer = make_mail(sender=CUSTOMER, to=reply_address, subject=f"Odp: {answer['Subject']}",
-                          body="Teraz działa, dziękuję.", in_reply_to=answer["Message-ID"])
+    to_answer = make_mail(
+        sender=CUSTOMER,
+        to=reply_address,
+        subject=f"Odp: {answer['Subject']}",
+        body="Teraz działa, dziękuję.",
+        in_reply_to=answer["Message-ID"],
+    )
     await deliver(gateway, settings, to_answer, recipients=[reply_address])
 
     [only] = all_cases(gateway)
@@ -363,8 +383,9 @@ async def test_note_is_kept_internal(gateway, settings):
 async def test_a_stranger_writing_to_the_staff_address_reaches_no_customer(gateway, settings):
     case, _, notification = await customer_opens_case(gateway, settings)
     before = len(mail_to(settings, CUSTOMER))
-    await staff_sends(gateway, settings, notification, "Proszę podać hasło do skrzynki.",
-                      sender="Oszust <oszust@evil.example>")
+    await staff_sends(
+        gateway, settings, notification, "Proszę podać hasło do skrzynki.", sender="Oszust <oszust@evil.example>"
+    )
     assert len(mail_to(settings, CUSTOMER)) == before
     original = case_by_number(gateway, case["number"])
     assert original["status"] == "open"
@@ -372,7 +393,7 @@ async def test_a_stranger_writing_to_the_staff_address_reaches_no_customer(gatew
     # What the stranger wrote is kept, in a case of its own, and only they hear back.
     stranger_cases = [c for c in all_cases(gateway) if c["requester"] == "oszust@evil.example"]
     assert len(stranger_cases) == 1
-    assert all(CUSTOMER not in str(m["To"]) for m in map(parsed, sent_mail(settings)[before + 1:]))
+    assert all(CUSTOMER not in str(m["To"]) for m in map(parsed, sent_mail(settings)[before + 1 :]))
 
 
 async def test_a_forged_staff_token_is_no_staff_reply(gateway, settings):
@@ -436,8 +457,16 @@ async def test_a_closed_case_reopens_when_the_customer_writes(gateway, settings)
     case, _, notification = await customer_opens_case(gateway, settings)
     await staff_sends(gateway, settings, notification, "#close")
     *_, told = mail_to(settings, CUSTOMER)
-    await deliver(gateway, settings, make_mail(sender=CUSTOMER, subject=f"Re: {told['Subject']}",
-                                               body="Jednak jeszcze pytanie.", in_reply_to=told["Message-ID"]))
+    await deliver(
+        gateway,
+        settings,
+        make_mail(
+            sender=CUSTOMER,
+            subject=f"Re: {told['Subject']}",
+            body="Jednak jeszcze pytanie.",
+            in_reply_to=told["Message-ID"],
+        ),
+    )
     assert _status(gateway, case["number"]) == "open"
     assert len(all_cases(gateway)) == 1
     with reading(engine_of(gateway)) as session:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from jinja2 import UndefinedError, meta
 
-from gateway.templates import MailTemplates, RenderedMail, MailTemplateError
+from gateway.outbound.templates import MailTemplateError, MailTemplates, RenderedMail
 
 BUILTIN = Path(__file__).resolve().parent.parent / "templates"
 LANGUAGES = ("pl", "en")
@@ -70,9 +70,7 @@ def test_kinds_lists_every_mail_and_no_partials(templates: MailTemplates) -> Non
 
 @pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("kind", sorted(EXTRA))
-def test_every_kind_renders_with_its_full_context(
-    templates: MailTemplates, kind: str, language: str
-) -> None:
+def test_every_kind_renders_with_its_full_context(templates: MailTemplates, kind: str, language: str) -> None:
     # StrictUndefined: rendering succeeds only if the template needs nothing beyond the contract.
     mail = templates.render(kind, language=language, context=context(kind))
     assert isinstance(mail, RenderedMail)
@@ -107,9 +105,7 @@ def test_every_kind_renders_with_its_full_context(
         ("delivery_failed", {"customer_name": "", "original_subject": ""}),
     ],
 )
-def test_every_branch_renders(
-    templates: MailTemplates, kind: str, changes: dict[str, Any], language: str
-) -> None:
+def test_every_branch_renders(templates: MailTemplates, kind: str, changes: dict[str, Any], language: str) -> None:
     mail = templates.render(kind, language=language, context=context(kind, **changes))
     assert mail.subject and "\n" not in mail.subject
 
@@ -152,9 +148,7 @@ def test_subject_is_one_line(templates: MailTemplates, language: str) -> None:
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-def test_html_escapes_while_text_and_subject_keep_content_verbatim(
-    templates: MailTemplates, language: str
-) -> None:
+def test_html_escapes_while_text_and_subject_keep_content_verbatim(templates: MailTemplates, language: str) -> None:
     body = 'Proszę sprawdzić <script>alert("x")</script> & <b>to</b>\ndruga linia'
     ctx = context("staff_reply", body=body, case_subject="Faktura <pilne> & zwrot")
     mail = templates.render("staff_reply", language=language, context=ctx)
@@ -310,9 +304,7 @@ def test_notification_lists_attachments_and_explains_commands(templates: MailTem
     assert "Od rana nie dochodzą maile." in mail.text
     for command in ("#close", "#open", "#category", "#note"):
         assert command in mail.text
-    quiet = templates.render(
-        "notification", language=language, context=context("notification", commands_help=False)
-    )
+    quiet = templates.render("notification", language=language, context=context("notification", commands_help=False))
     assert "#close" not in quiet.text
 
 

@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from store.db import reading, transaction
 from store.models import Case, SecurityEvent, utcnow
-from tests.conftest import all_cases, case_by_number, make_mail, send, sent_to, settle
+from tests.helpers import all_cases, case_by_number, make_mail, send, sent_to, settle
 
 CUSTOMER = "jan.kowalski@klient.example"
 
@@ -61,7 +61,7 @@ async def test_reply_by_mangled_subject_tag_lands_in_the_same_case(gateway, sett
 
 
 async def test_signed_reply_address_threads_without_any_other_clue(gateway, settings):
-    case, ack = await _open_case(gateway, settings, sender=CUSTOMER)
+    _case, ack = await _open_case(gateway, settings, sender=CUSTOMER)
     reply_address = ack["Reply-To"].addresses[0].addr_spec
     await send(
         settings,
@@ -176,14 +176,18 @@ async def test_polish_charsets_in_headers_and_bodies(gateway, settings):
         subject = f"Zażółć gęślą jaźń ({charset})"
         body = "Proszę o pomoc: źdźbło, łąka, Świętokrzyskie."
         raw = (
-            f"From: =?{charset}?B?{_b64('Łukasz Żółw', charset)}?= <lukasz@klient.example>\r\n"
-            f"To: bok@example.test\r\n"
-            f"Subject: =?{charset}?B?{_b64(subject, charset)}?=\r\n"
-            f"Message-ID: <{charset}-test@klient.example>\r\n"
-            "MIME-Version: 1.0\r\n"
-            f"Content-Type: text/plain; charset={charset}\r\n"
-            "Content-Transfer-Encoding: 8bit\r\n\r\n"
-        ).encode("ascii") + body.encode(charset) + b"\r\n"
+            (
+                f"From: =?{charset}?B?{_b64('Łukasz Żółw', charset)}?= <lukasz@klient.example>\r\n"
+                f"To: bok@example.test\r\n"
+                f"Subject: =?{charset}?B?{_b64(subject, charset)}?=\r\n"
+                f"Message-ID: <{charset}-test@klient.example>\r\n"
+                "MIME-Version: 1.0\r\n"
+                f"Content-Type: text/plain; charset={charset}\r\n"
+                "Content-Transfer-Encoding: 8bit\r\n\r\n"
+            ).encode("ascii")
+            + body.encode(charset)
+            + b"\r\n"
+        )
         await send(settings, raw, mail_from="lukasz@klient.example")
     await settle(gateway)
     cases_now = all_cases(gateway)

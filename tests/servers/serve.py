@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import REPO, SUPPORT, free_port
+from tests.helpers import REPO, SUPPORT, free_port
 
 
 def serve_env(tmp_path: Path, database_url: str, relay_url: str, **extra: str) -> tuple[dict[str, str], int, int]:
@@ -31,10 +31,11 @@ def serve_env(tmp_path: Path, database_url: str, relay_url: str, **extra: str) -
 
 
 def start_serve(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    handle = open(log, "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve"], cwd=REPO, env=env, stdout=handle, stderr=handle
-    )
+    # The child keeps its own copy of the descriptor; ours is closed as soon as it has started.
+    with open(log, "ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve"], cwd=REPO, env=env, stdout=handle, stderr=handle
+        )
 
 
 def wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:

@@ -37,7 +37,7 @@ from jinja2 import (
 from jinja2.nodes import EvalContext
 from markupsafe import Markup, escape
 
-__all__ = ["MailTemplates", "RenderedMail", "MailTemplateError"]
+__all__ = ["MailTemplateError", "MailTemplates", "RenderedMail"]
 
 _TEMPLATE_SUFFIX = ".j2"
 # A language tag's primary subtag ("pl", "en", "pl-PL" -> "pl"); anything else is not a folder

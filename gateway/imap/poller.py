@@ -183,9 +183,7 @@ class MailboxPoller:
     async def _save_state(self, uidvalidity: int, last_uid: int) -> None:
         def write() -> None:
             with transaction(self._engine) as session:
-                imap_state.save_state(
-                    session=session, mailbox=self.name, uidvalidity=uidvalidity, last_uid=last_uid
-                )
+                imap_state.save_state(session=session, mailbox=self.name, uidvalidity=uidvalidity, last_uid=last_uid)
 
         await asyncio.to_thread(write)
         self._uidvalidity, self._last_uid = uidvalidity, last_uid
@@ -283,9 +281,7 @@ class MailboxPoller:
         `bounded`: also give up after the command timeout (not for FETCH, whose aioimaplib
         timeout restarts with every chunk so large mail can take its time, nor for waits).
         """
-        task = asyncio.ensure_future(
-            asyncio.wait_for(awaitable, self._timeout) if bounded else awaitable
-        )
+        task = asyncio.ensure_future(asyncio.wait_for(awaitable, self._timeout) if bounded else awaitable)
         lost = self._lost
         waiting: set[asyncio.Future[Any]] = {task} if lost is None else {task, lost}
         try:
@@ -312,16 +308,16 @@ class MailboxPoller:
             if self._uidvalidity:
                 log.warning(
                     "mailbox %s: UIDVALIDITY changed %d -> %d, fetching the folder again",
-                    self.name, self._uidvalidity, uidvalidity,
+                    self.name,
+                    self._uidvalidity,
+                    uidvalidity,
                 )
             await self._save_state(uidvalidity, 0)
         for uid in await self._new_uids(client):
             await self._ingest(client, uid)
 
     async def _new_uids(self, client: aioimaplib.IMAP4) -> list[int]:
-        response = await self._call(
-            client.uid_search("UID", f"{self._last_uid + 1}:*", charset=None)
-        )
+        response = await self._call(client.uid_search("UID", f"{self._last_uid + 1}:*", charset=None))
         _expect_ok(response, "UID SEARCH")
         uids: set[int] = set()
         for line in response.lines[:-1]:  # the last line is the tagged status text

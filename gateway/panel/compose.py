@@ -14,7 +14,7 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
 
-from gateway.panel_upload import UploadedFile
+from gateway.panel.upload import UploadedFile
 
 MAX_SUBJECT_CHARS = 500
 # C0 controls other than tab and newline, and DEL: they have no business in a typed message

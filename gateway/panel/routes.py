@@ -1,8 +1,8 @@
 """The customer panel's HTTP API (SPEC §8): the directory, the correspondence list and threads.
 
 `install_panel` puts it all on the gateway's FastAPI app: these read routes, the form routes of
-gateway.panel_form (new messages and replies as mail), and the reference page of
-gateway.panel_page. Who may see what is decided in gateway.panel_access; every query goes
+gateway.panel.form (new messages and replies as mail), and the reference page of
+gateway.panel.page. Who may see what is decided in gateway.panel.access; every query goes
 through the scoped repository functions of store.panel.
 """
 
@@ -15,8 +15,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
 from sqlmodel import Session
 
-from gateway import panel_form
-from gateway.panel_access import (
+from gateway.panel import form
+from gateway.panel.access import (
     NOT_FOUND,
     UNAUTHORISED,
     CaseNumber,
@@ -30,10 +30,9 @@ from gateway.panel_access import (
     scope_of,
     unauthorised,
 )
-from gateway.panel_auth import PanelIdentity, check_download, sign_download
-from gateway.panel_html import sanitise_html
-from gateway.panel_mail import media_type
-from gateway.panel_models import (
+from gateway.panel.auth import PanelIdentity, check_download, sign_download
+from gateway.panel.compose import media_type
+from gateway.panel.models import (
     AccountIn,
     AccountOut,
     AttachmentOut,
@@ -48,14 +47,15 @@ from gateway.panel_models import (
     ServiceOut,
     ThreadMessage,
 )
-from gateway.panel_page import install_page
+from gateway.panel.page import install_page
+from gateway.panel.sanitise import sanitise_html
 from store import cases, directory
 from store import panel as panel_store
 from store.db import reading, transaction
 from store.models import Attachment, Case, Contact, Message, Service, utcnow
 
 if TYPE_CHECKING:
-    from gateway.service import Gateway
+    from gateway.app import Gateway
 
 PER_PAGE = 25
 MAX_PAGE = 1_000_000
@@ -76,8 +76,9 @@ router = APIRouter(prefix="/api", responses=UNAUTHORISED)
 # --- the directory --------------------------------------------------------------------------------
 
 
-def _account_out(account_id: str, name: str, language: str | None,
-                 services: Sequence[Service], contacts: Sequence[Contact]) -> AccountOut:
+def _account_out(
+    account_id: str, name: str, language: str | None, services: Sequence[Service], contacts: Sequence[Contact]
+) -> AccountOut:
     return AccountOut(
         id=account_id,
         name=name,
@@ -118,7 +119,9 @@ def put_account(
         )
         session.flush()
         return _account_out(
-            account, body.name, body.language,
+            account,
+            body.name,
+            body.language,
             directory.account_services(session=session, account_id=account),
             directory.account_contacts(session=session, account_id=account),
         )
@@ -205,9 +208,7 @@ def _attachment_out(attachment: Attachment, url: str | None) -> AttachmentOut:
 def _thread_message(message: Message, attachments: list[Attachment], secret: str) -> ThreadMessage:
     urls = {attachment.id: _download_url(secret, attachment) for attachment in attachments}
     inline_urls = {
-        a.content_id.strip("<> ").lower(): url
-        for a in attachments
-        if a.content_id and (url := urls[a.id]) is not None
+        a.content_id.strip("<> ").lower(): url for a in attachments if a.content_id and (url := urls[a.id]) is not None
     }
     return ThreadMessage(
         id=message.id or 0,
@@ -315,6 +316,6 @@ def install_panel(app: FastAPI, gateway: Gateway) -> None:
     """Add the panel API and the reference page to the gateway's FastAPI app."""
     app.state.panel_gateway = gateway
     app.include_router(router)
-    app.include_router(panel_form.router)
-    app.add_exception_handler(panel_form.FileRefused, panel_form.file_refused_handler)
+    app.include_router(form.router)
+    app.add_exception_handler(form.FileRefused, form.file_refused_handler)
     install_page(app, gateway.settings)

@@ -6,7 +6,6 @@ import re
 from html.parser import HTMLParser
 
 
-
 def unflow(text: str, delsp: bool) -> str:
     """Join RFC 3676 format=flowed soft line breaks, keeping quote depth."""
     out: list[str] = []
@@ -41,8 +40,32 @@ def _quoted(content: str, depth: int) -> str:
 class _HtmlText(HTMLParser):
     _SKIP = frozenset({"script", "style", "title", "template"})
     _BLOCK = frozenset(
-        {"p", "div", "br", "tr", "table", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote",
-         "pre", "hr", "section", "article", "header", "footer", "dt", "dd", "address", "body"}
+        {
+            "p",
+            "div",
+            "br",
+            "tr",
+            "table",
+            "ul",
+            "ol",
+            "h1",
+            "h2",
+            "h3",
+            "h4",
+            "h5",
+            "h6",
+            "blockquote",
+            "pre",
+            "hr",
+            "section",
+            "article",
+            "header",
+            "footer",
+            "dt",
+            "dd",
+            "address",
+            "body",
+        }
     )
 
     def __init__(self) -> None:

@@ -24,7 +24,6 @@ _CHARSET_ALIASES = {
 _NO_CHARSET = frozenset({"x-unknown", "unknown", "unknown-8bit", "x-user-defined", "default"})
 
 
-
 @lru_cache(maxsize=256)
 def codec_for(charset: str) -> str | None:
     """Python's codec for a mail charset label, or None if it has none (unknown, X-UNKNOWN...)."""

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import jwt
 
@@ -36,7 +36,7 @@ def issue_token(
         "sub": sub,
         "account": account,
         "role": role,
-        "exp": datetime.now(timezone.utc) + timedelta(hours=hours),
+        "exp": datetime.now(UTC) + timedelta(hours=hours),
     }
     if service is not None:
         claims["service"] = service
@@ -45,9 +45,7 @@ def issue_token(
 
 def read_token(token: str, *, secret: str) -> PanelIdentity:
     try:
-        claims = jwt.decode(
-            token, secret, algorithms=["HS256"], options={"require": ["exp", "sub", "account", "role"]}
-        )
+        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp", "sub", "account", "role"]})
     except jwt.PyJWTError as error:
         raise InvalidToken(str(error)) from error
     role = claims.get("role")
@@ -56,8 +54,9 @@ def read_token(token: str, *, secret: str) -> PanelIdentity:
         raise InvalidToken("unknown role or account")
     if role == "standard" and not service:
         raise InvalidToken("a standard login needs a service")
-    return PanelIdentity(sub=str(claims["sub"]).lower(), account=claims["account"], role=role,
-                         service=str(service) if service else None)
+    return PanelIdentity(
+        sub=str(claims["sub"]).lower(), account=claims["account"], role=role, service=str(service) if service else None
+    )
 
 
 # --- signed download links --------------------------------------------------------------------

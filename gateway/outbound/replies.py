@@ -25,10 +25,10 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from gateway.addresses import ReplyAddresses
 from gateway.classify import LOOP_HEADER
+from gateway.outbound.templates import MailTemplates
 from gateway.settings import Settings
-from gateway.templates import MailTemplates
-from gateway.tokens import ReplyAddresses
 from store import cases, outbox
 from store.models import Case, Message, OutboxItem, utcnow
 
@@ -108,9 +108,7 @@ class Replies:
         """
         if mail.automatic and not mail.to_staff and self._over_hourly_limit(session, mail.recipient):
             return None
-        rendered = self._templates.render(
-            mail.kind, language=case.language, context=self._context(case, mail)
-        )
+        rendered = self._templates.render(mail.kind, language=case.language, context=self._context(case, mail))
         subject = f"[#{case.number}] {rendered.subject}"
         message = self._build(case=case, mail=mail, subject=subject, text=rendered.text, html=rendered.html)
         raw = as_wire_bytes(message)
@@ -232,4 +230,3 @@ def _body(text: str, html: str | None, attachments: Sequence[OutgoingAttachment]
 
 def as_wire_bytes(message: Message_) -> bytes:
     return message.as_bytes(policy=_WIRE)
-

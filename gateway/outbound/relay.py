@@ -16,7 +16,6 @@ from urllib.parse import urlparse
 
 import aiosmtplib
 
-
 # aiosmtplib's timeout bounds each step of a send (connect, EHLO, MAIL, RCPT, DATA, QUIT); a whole
 # attempt is bounded as well, so that it always ends before the outbox lease guarding it runs out.
 STEPS_PER_ATTEMPT = 6
@@ -89,7 +88,7 @@ class SmtpRelay:
             raise _by_code(min(codes) if codes else 451, str(error)) from error
         except aiosmtplib.SMTPResponseException as error:
             raise _by_code(error.code, f"{error.code} {error.message}") from error
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as error:
             raise TemporaryFailure(f"{type(error).__name__}: {error}") from error
 
 

@@ -14,14 +14,14 @@ from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
-from gateway.panel_auth import InvalidToken, PanelIdentity, read_token
-from gateway.panel_models import Problem
+from gateway.panel.auth import InvalidToken, PanelIdentity, read_token
+from gateway.panel.models import Problem
 from store import panel as panel_store
 from store.models import Case, Service
 from store.panel import Scope
 
 if TYPE_CHECKING:
-    from gateway.service import Components, Gateway
+    from gateway.app import Components, Gateway
 
 LOGIN_ROLES = ("admin", "standard")
 NOT_FOUND = {404: {"model": Problem, "description": "Not found, or outside the login's scope"}}

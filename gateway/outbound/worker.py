@@ -19,8 +19,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from gateway.relay import PermanentFailure, Relay, TemporaryFailure, attempt_deadline
-from gateway.replies import Outgoing, Replies
+from gateway.outbound.relay import PermanentFailure, Relay, TemporaryFailure, attempt_deadline
+from gateway.outbound.replies import Outgoing, Replies
 from gateway.settings import Settings
 from store import cases, outbox
 from store.db import reading, transaction
@@ -57,7 +57,7 @@ class OutboxWorker:
             timeout = await self._seconds_until_due()  # before wait() exists: a cancel here leaks nothing
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _seconds_until_due(self) -> float:
@@ -87,9 +87,7 @@ class OutboxWorker:
 
     def _claim(self) -> list[OutboxItem]:
         with transaction(self._engine) as session:
-            return list(
-                outbox.claim_due(session=session, instance=self._settings.instance_name, lease=self._lease)
-            )
+            return list(outbox.claim_due(session=session, instance=self._settings.instance_name, lease=self._lease))
 
     async def _attempt(self, item: OutboxItem) -> None:
         try:

@@ -1,6 +1,6 @@
 """The panel form as a mail producer: new messages and replies, through the one `intake.accept`.
 
-The form's fields and files become RFC 5322 bytes (gateway.panel_mail) and are journaled with
+The form's fields and files become RFC 5322 bytes (gateway.panel.compose) and are journaled with
 the verified panel identity in the meta, exactly like SMTP mail with its envelope. The route
 answers 201 with the case number once the pipeline has placed the message (it normally takes
 well under a second; past a bound it answers 202, the message being safe in the journal). A
@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from gateway.intake import Intake, JournalUnavailable
-from gateway.panel_access import (
+from gateway.panel.access import (
     NOT_FOUND,
     UNAUTHORISED,
     CaseNumber,
@@ -29,16 +29,16 @@ from gateway.panel_access import (
     gateway_of,
     login_services,
 )
-from gateway.panel_auth import PanelIdentity
-from gateway.panel_mail import PanelMail, compose
-from gateway.panel_models import (
+from gateway.panel.auth import PanelIdentity
+from gateway.panel.compose import PanelMail, compose
+from gateway.panel.models import (
     CONTACT_KINDS,
     FileTooLargeProblem,
     Problem,
     Submitted,
     ValidationProblem,
 )
-from gateway.panel_upload import (
+from gateway.panel.upload import (
     BodyTooLarge,
     FileTooLarge,
     FormError,
@@ -52,7 +52,7 @@ from store.db import reading
 from store.models import Case, Contact
 
 if TYPE_CHECKING:
-    from gateway.service import Components
+    from gateway.app import Components
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PLACEMENT_TIMEOUT_SECONDS = 20.0  # the pipeline places a message in well under a second
@@ -236,15 +236,18 @@ async def post_message(request: Request, identity: Login) -> JSONResponse:
     _check_new_message(form)
     name, address = await asyncio.to_thread(_new_message_author, components.engine, identity, form)
     # Encoding attachments is CPU work: off the event loop the SMTP listener shares.
-    raw = await asyncio.to_thread(compose, PanelMail(
-        from_name=name,
-        from_address=address,
-        to_address=components.settings.support_address,
-        subject=form.fields["subject"],
-        body=form.fields["body"],
-        files=form.files,
-        message_id_domain=components.settings.support_domain,
-    ))
+    raw = await asyncio.to_thread(
+        compose,
+        PanelMail(
+            from_name=name,
+            from_address=address,
+            to_address=components.settings.support_address,
+            subject=form.fields["subject"],
+            body=form.fields["body"],
+            files=form.files,
+            message_id_domain=components.settings.support_domain,
+        ),
+    )
     panel = {
         "account": identity.account,
         "service": form.fields["service"].strip(),
@@ -269,17 +272,20 @@ async def post_reply(request: Request, identity: Login, number: CaseNumber) -> J
     case, references, name = await asyncio.to_thread(_reply_target, components.engine, identity, number)
     form = await _read_form(request, components)
     _missing(form, ("body",))
-    raw = await asyncio.to_thread(compose, PanelMail(
-        from_name=name,
-        from_address=identity.sub,
-        to_address=components.settings.support_address,
-        subject=f"Re: [#{case.number}] {case.subject}",
-        body=form.fields["body"],
-        files=form.files,
-        in_reply_to=references[-1] if references else None,
-        references=references,
-        message_id_domain=components.settings.support_domain,
-    ))
+    raw = await asyncio.to_thread(
+        compose,
+        PanelMail(
+            from_name=name,
+            from_address=identity.sub,
+            to_address=components.settings.support_address,
+            subject=f"Re: [#{case.number}] {case.subject}",
+            body=form.fields["body"],
+            files=form.files,
+            in_reply_to=references[-1] if references else None,
+            references=references,
+            message_id_domain=components.settings.support_domain,
+        ),
+    )
     panel = {
         "account": identity.account,
         "service": case.service_id,

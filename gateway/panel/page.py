@@ -17,7 +17,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from gateway.settings import Settings
 
-PANEL_DIR = Path(__file__).resolve().parent.parent / "templates" / "panel"
+PANEL_DIR = Path(__file__).resolve().parents[2] / "templates" / "panel"
 STATIC_DIR = PANEL_DIR / "static"
 CONTENT_SECURITY_POLICY = "; ".join(
     (

@@ -16,14 +16,14 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
+from gateway.addresses import ReplyAddresses
 from gateway.intake import Intake
-from gateway.outbox import OutboxWorker
+from gateway.outbound.relay import make_relay
+from gateway.outbound.replies import Replies
+from gateway.outbound.templates import MailTemplates
+from gateway.outbound.worker import OutboxWorker
 from gateway.pipeline import Pipeline
-from gateway.relay import make_relay
-from gateway.replies import Replies
 from gateway.settings import Settings
-from gateway.templates import MailTemplates
-from gateway.tokens import ReplyAddresses
 from store import db
 from store.blobs import BlobStore, make_blob_store
 from store.secrets import get_or_create_secret
@@ -31,7 +31,7 @@ from store.secrets import get_or_create_secret
 log = logging.getLogger(__name__)
 
 DEFER_SECONDS = 0.5
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 
 
 @dataclass
@@ -88,7 +88,11 @@ class PipelineRunner:
     """
 
     def __init__(
-        self, pipeline: Pipeline, *, on_done: Callable[[], None], max_lag: float,
+        self,
+        pipeline: Pipeline,
+        *,
+        on_done: Callable[[], None],
+        max_lag: float,
         arriving: Callable[[], bool] = lambda: False,
     ) -> None:
         self._pipeline = pipeline
@@ -167,11 +171,15 @@ class Gateway:
         self._spawn(self.runner.run(), "pipeline")
         self._spawn(self.outbox.run(), "outbox")
         # Whatever was acknowledged before a crash and not processed yet goes first.
-        self.runner.submit(await asyncio.to_thread(pending_journal_ids, components.journal_engine, older_than_seconds=0))
+        self.runner.submit(
+            await asyncio.to_thread(pending_journal_ids, components.journal_engine, older_than_seconds=0)
+        )
         self.pollers = self._build_pollers()
         for poller in self.pollers:
             self._spawn(poller.run(), f"imap-{poller.mailbox.name}")
-        self.smtp_server = await start_smtp_server(settings=settings, intake=self.intake, addresses=components.addresses)
+        self.smtp_server = await start_smtp_server(
+            settings=settings, intake=self.intake, addresses=components.addresses
+        )
         self.http_server = await build_http_server(self)
         self._scheduler = build_scheduler(
             engine=components.engine,
@@ -184,14 +192,17 @@ class Gateway:
         self._scheduler.start()
         log.info(
             "gateway ready: SMTP %s:%s, HTTP %s:%s, database %s",
-            settings.smtp_host, settings.smtp_port, settings.http_host, settings.http_port,
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.http_host,
+            settings.http_port,
             components.engine.url.render_as_string(hide_password=True),
         )
 
     def _build_pollers(self) -> list:
         if not self.settings.imap_mailboxes:
             return []
-        from gateway.imap import MailboxPoller
+        from gateway.imap.poller import MailboxPoller
 
         assert self.components is not None and self.intake is not None
         return [

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from gateway.settings import MailboxSettings
+from tests.helpers import free_port
 
 START_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 15.0
@@ -65,12 +66,6 @@ def require_dovecot() -> str:
     if binary is None:
         pytest.skip("dovecot is not installed (`make test` installs dovecot-imapd from Debian)")
     return binary
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -106,9 +101,22 @@ def _self_signed_cert(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
         ],
         check=True,
         capture_output=True,
@@ -156,7 +164,7 @@ class DovecotServer:
         os.chown(self.mail_root, ids.mail_uid, ids.mail_gid)
         self.root.chmod(0o755)  # `nobody` must traverse to its maildirs
         if self.tls and self.cert_path is None:
-            self.cert_path, key = _self_signed_cert(self.root)
+            self.cert_path, _key = _self_signed_cert(self.root)
             self.tls_port = free_port()
         self._write_users()
         self.conf_path.write_text(self._config(ids), encoding="utf-8")
@@ -183,9 +191,7 @@ class DovecotServer:
             f"state_dir = {root / 'state'}\n"
             f"log_path = {self.log_path}\n"
             "protocols = imap\n"
-            "listen = 127.0.0.1\n"
-            + ssl_lines
-            + "disable_plaintext_auth = no\n"
+            "listen = 127.0.0.1\n" + ssl_lines + "disable_plaintext_auth = no\n"
             "auth_mechanisms = plain login\n"
             f"default_internal_user = {ids.internal_user}\n"
             f"default_login_user = {ids.login_user}\n"
@@ -285,9 +291,7 @@ class DovecotServer:
             with contextlib.suppress(Exception):
                 connection.logout()
 
-    def append(
-        self, raw: bytes, *, user: str = "support", folder: str = "INBOX", flags: str | None = None
-    ) -> int:
+    def append(self, raw: bytes, *, user: str = "support", folder: str = "INBOX", flags: str | None = None) -> int:
         """APPEND `raw` and return its UID (from APPENDUID).
 
         Only CRLF messages round-trip byte-exact: imaplib rewrites bare LF/CR to CRLF and Dovecot's
@@ -347,9 +351,7 @@ class DovecotServer:
         assert match is not None, data
         return int(match.group(1))
 
-    def change_uidvalidity(
-        self, *, user: str = "support", folder: str = "INBOX", value: int | None = None
-    ) -> int:
+    def change_uidvalidity(self, *, user: str = "support", folder: str = "INBOX", value: int | None = None) -> int:
         """Give `folder` a new UIDVALIDITY, keeping its messages (as a server migration would).
 
         `doveadm mailbox update --uid-validity` is Dovecot's own way to do it; a session that has
@@ -360,8 +362,18 @@ class DovecotServer:
             pytest.skip("doveadm is not installed")
         new_value = value if value is not None else self.uidvalidity(user=user, folder=folder) + 1000
         subprocess.run(
-            [doveadm, "-c", str(self.conf_path), "mailbox", "update", "-u", user,
-             "--uid-validity", str(new_value), folder],
+            [
+                doveadm,
+                "-c",
+                str(self.conf_path),
+                "mailbox",
+                "update",
+                "-u",
+                user,
+                "--uid-validity",
+                str(new_value),
+                folder,
+            ],
             check=True,
             capture_output=True,
         )
@@ -463,12 +475,16 @@ def running_dovecot(
 
 
 def make_dovecot_fixture(
-    *, scope: str = "function", name: str = "dovecot", tls: bool = False,
-    users: dict[str, str] | None = None, extra_config: str = "",
+    *,
+    scope: str = "function",
+    name: str = "dovecot",
+    tls: bool = False,
+    users: dict[str, str] | None = None,
+    extra_config: str = "",
 ) -> Callable[..., Any]:
     """A pytest fixture yielding a running DovecotServer; assign it to a name in a conftest/module:
 
-        dovecot = make_dovecot_fixture()
+    dovecot = make_dovecot_fixture()
     """
 
     def _fixture() -> Iterator[DovecotServer]:

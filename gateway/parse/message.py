@@ -11,20 +11,21 @@ import hashlib
 import mimetypes
 import re
 import unicodedata
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy as email_policy
 from email.errors import MissingHeaderBodySeparatorDefect
 from email.feedparser import BytesFeedParser
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from gateway.charsets import best_effort, decode_bytes
-from gateway.text import html_to_text, unflow
-from gateway.tnef import TnefContent, TnefError, unpack_tnef
+from gateway.parse.charsets import best_effort, decode_bytes
+from gateway.parse.text import html_to_text, unflow
+from gateway.parse.tnef import TnefContent, TnefError, unpack_tnef
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,9 @@ class _Parser:
             # The policy's header parser slows down quadratically (16 KB of addresses: 0.5 s);
             # huge or numerous headers are decoded by our linear path instead.
             self.defects.append(f"header {name}: {len(raw)} characters, read without the structured parser")
-            return _Header(name, raw, None, _CONTROL_RE.sub(" ", _decode_words(raw, f"header {name}", self.defects)).strip())
+            return _Header(
+                name, raw, None, _CONTROL_RE.sub(" ", _decode_words(raw, f"header {name}", self.defects)).strip()
+            )
         try:
             obj: object | None = _POLICY.header_factory(name, raw)
             text = str(obj)
@@ -319,7 +322,7 @@ class _Parser:
         try:
             parsed = parsedate_to_datetime(value)
             if parsed.tzinfo is not None:  # a naive result means "-0000": UTC with unknown origin
-                parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+                parsed = parsed.astimezone(UTC).replace(tzinfo=None)
             return parsed
         except Exception as exc:
             self.defects.append(f"Date not understood ({value[:80]!r}: {type(exc).__name__})")
@@ -372,7 +375,7 @@ class _Parser:
     def _recover_multipart(self, part: Message) -> Message | None:
         ctype = self._content_type(part)
         raw_ct = _raw_header(part, "content-type")
-        for defect in _guard(lambda: list(part.defects), []):
+        for defect in _guard(lambda part=part: list(part.defects), []):
             self.defects.append(f"{ctype}: {_defect_text(defect)}")
         match = _BOUNDARY_RE.search(raw_ct)
         body = _raw_payload(part)
@@ -441,7 +444,7 @@ class _Parser:
         while stack:
             part = stack.pop()
             label = "message" if part is self.msg or part is root else self._content_type(part)
-            for defect in _guard(lambda: list(part.defects), []):
+            for defect in _guard(lambda part=part: list(part.defects), []):
                 self.defects.append(f"{label}: {_defect_text(defect)}")
             if self._kind(part) == "multipart":
                 stack.extend(reversed(self._children(part)))
@@ -514,7 +517,7 @@ class _Parser:
                 chunks.append(inner.as_bytes(policy=_GEN_POLICY))
             except Exception as exc:
                 self.defects.append(f"{ctype}: embedded message not re-serialisable ({type(exc).__name__})")
-                chunks.append(_guard(lambda: str(inner).encode("utf-8", "surrogateescape"), b""))
+                chunks.append(_guard(lambda inner=inner: str(inner).encode("utf-8", "surrogateescape"), b""))
         data = b"".join(chunks)
         # A message/rfc822 part in base64 breaks RFC 2046, but it happens: the parser then saw only
         # base64 lines as the "message", which we decode back into the real one.
@@ -552,7 +555,7 @@ class _Parser:
         pending.append(_Pending(name, self._content_type(part), content, cid, hint, location if in_related else None))
 
     def _embedded_name(self, content: bytes) -> str:
-        """"<subject>.eml", read from the header block only (no copy of a large embedded message)."""
+        """ "<subject>.eml", read from the header block only (no copy of a large embedded message)."""
         head = re.split(rb"\r?\n\r?\n", content[:_EMBEDDED_HEAD], maxsplit=1)[0]
         inner = _guard(lambda: BytesHeaderParser(policy=_POLICY).parsebytes(head), None)
         if inner is None:
@@ -798,7 +801,7 @@ def _addresses(headers: list[_Header]) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for header in headers:
         try:
-            found = [(a.display_name, a.addr_spec) for a in getattr(header.obj, "addresses")]
+            found = [(a.display_name, a.addr_spec) for a in header.obj.addresses]
         except Exception:  # no header object, or groups without local parts
             found = _fallback_addresses(header.text)
         pairs.extend((str(name or ""), _clean_address(str(addr or ""))) for name, addr in found)
@@ -862,7 +865,7 @@ def _clean_filename(name: str) -> str:
     if name in ("", ".", ".."):
         return ""
     if len(name) > _MAX_FILENAME:
-        stem, dot, ext = name.rpartition(".")
+        _stem, dot, ext = name.rpartition(".")
         ext = ext if dot and len(ext) <= 16 else ""
         name = name[: _MAX_FILENAME - len(ext) - 1] + ("." + ext if ext else "")
     return name

@@ -82,9 +82,7 @@ class _Handler:
         raw = bytes(envelope.original_content or envelope.content or b"")
         reply = self._reply_for(recipients, stage="data")
         with self._state.lock:
-            self._state.deliveries.append(
-                Delivery(time.monotonic(), str(envelope.mail_from), recipients, raw, reply)
-            )
+            self._state.deliveries.append(Delivery(time.monotonic(), str(envelope.mail_from), recipients, raw, reply))
         if reply == DROP:
             # The whole message is in; the sender now waits for a reply that never comes.
             assert server.transport is not None
@@ -154,9 +152,7 @@ class RelaySink:
 
     # --- behaviour ---------------------------------------------------------------------------
 
-    def fail(
-        self, reply: str, *, count: int = 1_000_000, recipient: str | None = None, stage: str = "data"
-    ) -> None:
+    def fail(self, reply: str, *, count: int = 1_000_000, recipient: str | None = None, stage: str = "data") -> None:
         """Answer the next `count` messages (to `recipient`, if given) with `reply` or DROP.
 
         stage="rcpt" refuses the recipient at RCPT TO instead, so no DATA is ever sent.

@@ -145,9 +145,7 @@ async def _limited_stream(request: Request, *, max_request_bytes: int):  # type:
         raise FormError("the client went away before the form was complete") from error
 
 
-async def read_form(
-    request: Request, *, file_field: str, max_file_bytes: int, max_request_bytes: int
-) -> SubmittedForm:
+async def read_form(request: Request, *, file_field: str, max_file_bytes: int, max_request_bytes: int) -> SubmittedForm:
     """The submitted fields and files; raises FormError (FileTooLarge, BodyTooLarge, ...)."""
     media_type, options = parse_options_header(request.headers.get("content-type", ""))
     chunks = _limited_stream(request, max_request_bytes=max_request_bytes)

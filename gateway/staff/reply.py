@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.quotes import strip_quoted_reply
+from gateway.staff.quotes import strip_quoted_reply
 
 _COMMAND = re.compile(r"^#(close|open|note|category)\b[ \t]*(.*)$", re.IGNORECASE)
 

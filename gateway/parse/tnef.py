@@ -133,7 +133,7 @@ class _StopOnSkip(logging.LoggerAdapter):  # type: ignore[type-arg]
 def _guard_mapi_loops() -> None:
     """Install the bounds into tnefparse.mapi (once, even if this module is imported again)."""
     if not getattr(tnefparse.mapi.parse_property, "_gateway_bounded", False):
-        setattr(_bounded_parse_property, "_gateway_bounded", True)
+        _bounded_parse_property._gateway_bounded = True
         tnefparse.mapi.parse_property = _bounded_parse_property
         tnefparse.mapi.logger = _StopOnSkip(tnefparse.mapi.logger, {})
 

@@ -1,0 +1,157 @@
+"""Helpers the tests share: mail to build, sending it over real SMTP, waiting, reading what was stored and sent.
+
+Fixtures live in conftest.py; everything here is a plain function or constant, imported explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import os
+import socket
+from email import policy
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from gateway.app import Gateway
+from gateway.cli.views import case_detail
+from gateway.settings import Settings
+from store import cases
+from store.db import reading
+from store.models import JournalEntry, OutboxItem
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus"
+PG_SERVER_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+BACKEND = os.environ.get("GATEWAY_TEST_BACKEND", "sqlite")
+SUPPORT = "bok@example.test"
+STAFF = "agent@example.test"
+STAFF_QUEUE = "staff-queue@example.test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_mail(
+    *,
+    sender: str = "jan.kowalski@klient.example",
+    to: str = SUPPORT,
+    subject: str = "Problem z pocztą",
+    body: str = "Dzień dobry, nie działa mi poczta.",
+    message_id: str | None = None,
+    in_reply_to: str | None = None,
+    headers: dict[str, str] | None = None,
+    attachments: list[tuple[str, bytes]] | None = None,
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    message["Message-ID"] = message_id or make_msgid(domain="klient.example")
+    if in_reply_to:
+        message["In-Reply-To"] = in_reply_to
+        message["References"] = in_reply_to
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(body)
+    for filename, content in attachments or []:
+        message.add_attachment(content, maintype="application", subtype="octet-stream", filename=filename)
+    return message
+
+
+async def send(
+    settings: Settings,
+    message: EmailMessage | bytes,
+    *,
+    mail_from: str | None = None,
+    recipients: list[str] | None = None,
+) -> tuple[int, str]:
+    """Deliver over real SMTP to the gateway's listener; returns the reply to DATA."""
+    raw = message if isinstance(message, bytes) else message.as_bytes()
+    if mail_from is None:
+        mail_from = "sender@klient.example" if isinstance(message, bytes) else str(message["From"])
+    async with aiosmtplib.SMTP(
+        hostname=settings.smtp_host, port=settings.smtp_port, timeout=60, start_tls=False
+    ) as client:
+        await client.ehlo()
+        await client.mail(mail_from)
+        for recipient in recipients or [SUPPORT]:
+            await client.rcpt(recipient)
+        response = await client.data(raw)
+    return response.code, response.message
+
+
+async def settle(gateway: Gateway, *, timeout: float = 30.0, outbox: bool = False) -> None:
+    """Wait until every journal entry is processed (and, with outbox=True, every mail sent)."""
+    assert gateway.components is not None
+    engine, journal_engine = gateway.components.engine, gateway.components.journal_engine
+
+    def busy() -> bool:
+        with reading(journal_engine) as session:
+            pending = session.exec(select(func.count()).where(JournalEntry.status == "pending")).one()
+        with reading(engine) as session:
+            queued = 0
+            if outbox:
+                queued = session.exec(
+                    select(func.count()).where(col(OutboxItem.status).in_(("queued", "sending")))
+                ).one()
+        return bool(pending or queued)
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await asyncio.to_thread(busy):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("the gateway did not settle in time")
+        if outbox and gateway.outbox is not None:
+            gateway.outbox.wake()
+        await asyncio.sleep(0.05)
+
+
+def all_cases(gateway: Gateway) -> list[dict[str, Any]]:
+    assert gateway.components is not None
+    with reading(gateway.components.engine) as session:
+        return [case_detail(session=session, case=case) for case in reversed(cases.list_cases(session=session))]
+
+
+def case_by_number(gateway: Gateway, number: str) -> dict[str, Any]:
+    assert gateway.components is not None
+    with reading(gateway.components.engine) as session:
+        case = cases.get_case_by_number(session=session, number=number)
+        assert case is not None, number
+        return case_detail(session=session, case=case)
+
+
+def parsed(raw: bytes) -> EmailMessage:
+    message = email.message_from_bytes(raw, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def parsed_sent(settings: Settings) -> list[EmailMessage]:
+    return [parsed(raw) for raw in sent_mail(settings)]
+
+
+def sent_to(settings: Settings, address: str) -> list[EmailMessage]:
+    """What the relay delivered to `address` (on the To line), oldest first."""
+    return [message for message in parsed_sent(settings) if address in str(message["To"])]
+
+
+def engine_of(gateway: Gateway):  # type: ignore[no-untyped-def]
+    assert gateway.components is not None
+    return gateway.components.engine
+
+
+def sent_mail(settings: Settings) -> list[bytes]:
+    """Everything the maildir relay delivered, oldest first."""
+    new = Path(settings.relay_url.removeprefix("maildir:")) / "new"
+    if not new.is_dir():
+        return []
+    return [path.read_bytes() for path in sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns)]
