@@ -26,6 +26,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from gateway.addresses import ReplyAddresses
+from gateway.casetag import tagged_subject
 from gateway.classify import LOOP_HEADER
 from gateway.outbound.templates import MailTemplates
 from gateway.settings import Settings
@@ -109,7 +110,7 @@ class Replies:
         if mail.automatic and not mail.to_staff and self._over_hourly_limit(session, mail.recipient):
             return None
         rendered = self._templates.render(mail.kind, language=case.language, context=self._context(case, mail))
-        subject = f"[#{case.number}] {rendered.subject}"
+        subject = tagged_subject(case.number, rendered.subject)
         message = self._build(case=case, mail=mail, subject=subject, text=rendered.text, html=rendered.html)
         raw = as_wire_bytes(message)
         message_id = str(message["Message-ID"]).strip("<>")

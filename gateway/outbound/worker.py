@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from datetime import datetime, timedelta
 from email import policy
 from email.parser import BytesHeaderParser
@@ -19,6 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
+from gateway.casetag import strip_leading_tag
 from gateway.outbound.relay import PermanentFailure, Relay, TemporaryFailure, attempt_deadline
 from gateway.outbound.replies import Outgoing, Replies
 from gateway.settings import Settings
@@ -186,7 +186,4 @@ def mark_failed(*, session: Session, item: OutboxItem, error: str, settings: Set
 def _subject_of(item: OutboxItem) -> str:
     """The failed message's own subject ("[#N] Re: …"), which is what staff recognise."""
     header = BytesHeaderParser(policy=policy.default).parsebytes(item.raw)
-    return _TAG.sub("", str(header.get("Subject", "")), count=1)  # the notice carries the tag itself
-
-
-_TAG = re.compile(r"^\s*\[#[^\]]*\]\s*")
+    return strip_leading_tag(str(header.get("Subject", "")))  # the notice carries the tag itself

@@ -18,6 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
+from gateway.casetag import tagged_subject
 from gateway.intake import Intake, JournalUnavailable
 from gateway.panel.access import (
     NOT_FOUND,
@@ -278,7 +279,7 @@ async def post_reply(request: Request, identity: Login, number: CaseNumber) -> J
             from_name=name,
             from_address=identity.sub,
             to_address=components.settings.support_address,
-            subject=f"Re: [#{case.number}] {case.subject}",
+            subject=f"Re: {tagged_subject(case.number, case.subject)}",
             body=form.fields["body"],
             files=form.files,
             in_reply_to=references[-1] if references else None,
