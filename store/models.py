@@ -123,6 +123,8 @@ class Case(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, index=True)
     closed_at: datetime | None = None
     message_count: int = 0
+    # Set by `gateway erase`: the number stays (a tombstone), everything about the person is gone.
+    erased_at: datetime | None = None
 
 
 class Participant(SQLModel, table=True):
@@ -226,6 +228,22 @@ class OutboxItem(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None
+
+
+# --- erasure audit (GDPR / RODO art. 17) ------------------------------------------------------------
+
+
+class ErasureRecord(SQLModel, table=True):
+    """Who erased what, and when. The erased address itself is not kept: only its SHA-256, so an
+    auditor can check a request against the record without the record re-identifying anyone."""
+
+    __tablename__ = "erasure_record"
+    id: int | None = Field(default=None, primary_key=True)
+    actor: str = Field(max_length=200)
+    target_kind: str = Field(max_length=10)  # address | case
+    target: str = Field(max_length=100)  # sha256 of the address, or the case number
+    counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 # --- small shared state ---------------------------------------------------------------------------
