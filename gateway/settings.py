@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     # --- sender trust (SPEC §12) -----------------------------------------------------------------
 
     # --- operations: metrics, logs, retention (SPEC §14) -----------------------------------------
+    # Where `serve` writes the SMTP and HTTP ports it bound, as JSON, once ready; none by default. With
+    # GATEWAY_SMTP_PORT=0 / GATEWAY_HTTP_PORT=0 (any free port) this is how a supervisor or test finds them.
+    ports_file: Path | None = None
 
     @field_validator("staff_addresses", mode="before")
     @classmethod
