@@ -18,7 +18,7 @@ from email.header import Header
 from email.message import Message as Message_
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
+from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import compat32
 from email.utils import formataddr, formatdate, make_msgid
 from typing import Any
@@ -131,6 +131,7 @@ class Replies:
                 session=session,
                 case=case,
                 message=Message(
+                    case_id=case.id or 0,
                     direction="outbound",
                     source=mail.source,
                     message_id=message_id,
@@ -208,12 +209,18 @@ def _encoded(value: str) -> str:
     return header.encode()
 
 
+def _text_part(text: str, subtype: str) -> Message_:
+    part = MIMENonMultipart("text", subtype)
+    part.set_payload(text, _UTF8_QP)
+    return part
+
+
 def _body(text: str, html: str | None, attachments: Sequence[OutgoingAttachment]) -> Message_:
-    body: Message_ = MIMEText(text, "plain", _UTF8_QP)
+    body: Message_ = _text_part(text, "plain")
     if html is not None:
         alternative = MIMEMultipart("alternative")
         alternative.attach(body)
-        alternative.attach(MIMEText(html, "html", _UTF8_QP))
+        alternative.attach(_text_part(html, "html"))
         body = alternative
     if not attachments:
         return body
