@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.parse.message import ParsedMessage
+from gateway.parse import ParsedMessage
 
 LOOP_HEADER = "X-Support-Gateway-Loop"
 

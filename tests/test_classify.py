@@ -10,7 +10,7 @@ import pytest
 from gateway import classify
 from gateway.classify import LOOP_HEADER, RULES, MailFacts
 from gateway.classify import classify as classify_mail
-from gateway.parse.message import parse_message
+from gateway.parse import parse_message
 
 SUPPORT = "bok@example.test"
 

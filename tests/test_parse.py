@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.parse.message import ParsedMessage, html_to_text, parse_message
+from gateway.parse import ParsedMessage, html_to_text, parse_message
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 

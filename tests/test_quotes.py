@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.parse.message import parse_message
+from gateway.parse import parse_message
 from gateway.staff.quotes import strip_quoted_reply
 
 POLISH = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "polish-clients"

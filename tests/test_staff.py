@@ -19,7 +19,7 @@ from sqlmodel import select
 
 from gateway.app import Gateway
 from gateway.jobs import auto_close
-from gateway.parse.message import parse_message
+from gateway.parse import parse_message
 from gateway.settings import Settings
 from store import directory
 from store.db import reading, transaction

@@ -1,0 +1,13 @@
+"""The parser room: raw message bytes -> `ParsedMessage` (headers, MIME walk, body text and HTML,
+attachments with their names and bytes, delivery reports, charsets, format=flowed, winmail.dat).
+`parse_message` never raises, whatever the bytes: what cannot be read is degraded and recorded as a
+defect. No database, no settings object, no I/O: this room may import the standard library, its own
+modules and its parsing libraries (tnefparse), never another gateway room; the rest of the gateway
+imports it only through the names re-exported here.
+"""
+
+from gateway.parse.model import DeliveryReport, ParsedAttachment, ParsedMessage
+from gateway.parse.parser import parse_message
+from gateway.parse.text import html_to_text
+
+__all__ = ["DeliveryReport", "ParsedAttachment", "ParsedMessage", "html_to_text", "parse_message"]

@@ -123,7 +123,7 @@ def _bounded_parse_property(data: bytes, offset: int, *args: Any) -> Any:
     return _original_parse_property(data, offset, *args)
 
 
-class _StopOnSkip(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _StopOnSkip(logging.LoggerAdapter):
     def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
         if isinstance(msg, str) and msg.startswith("Skipping property"):
             raise ValueError("MAPI property count larger than its attribute")
@@ -132,8 +132,10 @@ class _StopOnSkip(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 def _guard_mapi_loops() -> None:
     """Install the bounds into tnefparse.mapi (once, even if this module is imported again)."""
-    if not getattr(tnefparse.mapi.parse_property, "_gateway_bounded", False):
-        _bounded_parse_property._gateway_bounded = True
+    if tnefparse.mapi.parse_property is not _bounded_parse_property and not getattr(
+        tnefparse.mapi.parse_property, "_gateway_bounded", False
+    ):
+        setattr(_bounded_parse_property, "_gateway_bounded", True)  # noqa: B010 (a marker on a function)
         tnefparse.mapi.parse_property = _bounded_parse_property
         tnefparse.mapi.logger = _StopOnSkip(tnefparse.mapi.logger, {})
 
@@ -172,9 +174,9 @@ def _attr_text(value: object) -> str:
         value = value[0] if value else ""
     if isinstance(value, bytes):
         try:
-            value = value.decode("utf-8")
+            return value.decode("utf-8").strip("\x00").strip()
         except UnicodeDecodeError:
-            value = value.decode("cp1252", errors="replace")
+            return value.decode("cp1252", errors="replace").strip("\x00").strip()
     return str(value or "").strip("\x00").strip()
 
 
@@ -190,12 +192,15 @@ def _codec_name(codepage: object) -> str:
 def _as_text(value: object, codepage: str) -> str:
     if value is None:
         return ""
+    text: str
     if isinstance(value, bytes):
         try:
-            value = value.decode("utf-8")
+            text = value.decode("utf-8")
         except UnicodeDecodeError:
-            value = value.decode(codepage, errors="replace")
-    return str(value).replace("\x00", "").replace("\r\n", "\n")
+            text = value.decode(codepage, errors="replace")
+    else:
+        text = str(value)
+    return text.replace("\x00", "").replace("\r\n", "\n")
 
 
 def _rtf_body(tnef: tnefparse.TNEF, defects: list[str], files: list[TnefFile]) -> bytes | None:

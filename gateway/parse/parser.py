@@ -1,0 +1,154 @@
+"""bytes -> ParsedMessage: the email package's tree, repaired where it breaks, read step by step.
+
+`parse_message` never raises, whatever the bytes: every part access is guarded, and what cannot be
+decoded is degraded (best-effort text) and recorded in `defects`.
+"""
+
+from __future__ import annotations
+
+import re
+from email.errors import MissingHeaderBodySeparatorDefect
+from email.feedparser import BytesFeedParser
+from email.message import Message
+
+import gateway.parse.headers as hdr
+from gateway.parse.attachments import Collector
+from gateway.parse.charsets import best_effort
+from gateway.parse.content import text_of
+from gateway.parse.dsn import guarded_report
+from gateway.parse.model import ParsedMessage
+from gateway.parse.parts import LINEBREAK_RE, POLICY
+from gateway.parse.text import html_to_text
+from gateway.parse.walk import MimeTree
+
+_FEED_CHUNK = 1 << 20
+_UTF8_BOM = b"\xef\xbb\xbf"
+_FIELD_LINE_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    """Parse one RFC 5322 message. Never raises: what cannot be read is degraded and listed in defects."""
+    try:
+        msg, repairs = _parse_tree(raw)
+    except Exception as exc:  # the parser is lenient, but nothing may escape from here
+        return _unparseable(raw, f"message not parseable: {type(exc).__name__}: {exc}")
+    try:
+        return _read(raw, msg, repairs)
+    except Exception as exc:  # a bug or an edge nobody foresaw: keep the bytes readable, record why
+        return _unparseable(raw, f"parser failed: {type(exc).__name__}: {exc}")
+
+
+def _read(raw: bytes, msg: Message, defects: list[str]) -> ParsedMessage:
+    tree = MimeTree(msg, defects)
+    headers = hdr.read_headers(msg, defects)
+    message_id, synthesised = hdr.message_id(headers, raw, defects)
+    from_pairs = hdr.addresses(hdr.first(headers, "from"))
+    from_name, from_address = from_pairs[0] if from_pairs else ("", "")
+    root = tree.resolve(msg)
+    plain_part, html_part = tree.bodies(root)
+    text = text_of(plain_part, tree.effective_type(plain_part), defects) if plain_part is not None else ""
+    html = text_of(html_part, tree.effective_type(html_part), defects) if html_part is not None else None
+    collector = Collector(tree)
+    for part, in_related in tree.leaves(root):
+        if part is plain_part or part is html_part:
+            continue
+        collector.add(part, in_related)
+    text, html = collector.adopt_tnef_bodies(text, html)
+    if not text.strip() and html:
+        text = html_to_text(html)
+    report = guarded_report(tree, root)
+    date = hdr.date(headers, defects)
+    tree.collect_part_defects(root)  # last: every step above may have added defects
+    return ParsedMessage(
+        message_id=message_id,
+        in_reply_to=tuple(hdr.ids(hdr.joined(headers, "in-reply-to"))),
+        references=tuple(hdr.ids(hdr.joined(headers, "references"))),
+        subject=hdr.first_text(headers, "subject"),
+        from_address=from_address,
+        from_name=from_name,
+        from_header=hdr.first_text(headers, "from"),
+        to=tuple(a for _, a in hdr.addresses(hdr.every(headers, "to")) if a),
+        cc=tuple(a for _, a in hdr.addresses(hdr.every(headers, "cc")) if a),
+        reply_to=tuple(a for _, a in hdr.addresses(hdr.every(headers, "reply-to")) if a),
+        to_header=", ".join(h.text for h in hdr.every(headers, "to")),
+        cc_header=", ".join(h.text for h in hdr.every(headers, "cc")),
+        date=date,
+        text=text,
+        html=html,
+        attachments=collector.finish(html),
+        headers=tuple((h.name, h.text) for h in headers),
+        defects=tuple(dict.fromkeys(defects)),  # de-duplicated, first occurrence kept
+        delivery_report=report,
+        message_id_synthesised=synthesised,
+    )
+
+
+def _parse_tree(raw: bytes) -> tuple[Message, list[str]]:
+    """The email package's tree, after undoing two breakages that would turn all headers into body."""
+    repairs: list[str] = []
+    data = raw
+    if data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM) :]  # slicing copies, but only for this rare case
+        repairs.append("message starts with a byte order mark; ignored")
+    msg = _feed(data)
+    if any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in msg.defects):
+        fixed = _repair_header_block(data)
+        if fixed is not None:
+            retry = _feed(fixed)
+            if not any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in retry.defects):
+                repairs.append("header block had lines that were neither fields nor folded; joined to the field before")
+                msg = retry
+    return msg, repairs
+
+
+def _feed(data: bytes) -> Message:
+    """Parse in slices: handing the parser one huge string would keep a decoded copy of the whole
+    message alive next to its line list, about 1.5x the message size more at the peak."""
+    parser = BytesFeedParser(policy=POLICY)
+    view = memoryview(data)
+    for offset in range(0, len(data), _FEED_CHUNK):
+        parser.feed(bytes(view[offset : offset + _FEED_CHUNK]))
+    return parser.close()
+
+
+def _repair_header_block(data: bytes) -> bytes | None:
+    """Re-fold stray lines in the header block (broken folding, "Name  :" spacing); None if it isn't one."""
+    end = re.search(rb"\r?\n\r?\n", data)
+    head_end = end.start() if end else len(data)
+    lines = data[:head_end].split(b"\n")
+    fields = [bool(_FIELD_LINE_RE.match(line)) for line in lines]
+    last_field = max((i for i, is_field in enumerate(fields) if is_field), default=-1)
+    out = []
+    for index, line in enumerate(lines):
+        if fields[index]:
+            out.append(_FIELD_LINE_RE.sub(rb"\1:", line, count=1))
+        elif line[:1] in (b" ", b"\t") or (index == 0 and line.startswith(b"From ")):
+            out.append(line)
+        elif 0 < index < last_field:
+            out.append(b" " + line)  # a stray line between two fields belongs to the one before
+        else:
+            return None  # text before the first field or after the last: not a header problem we know
+    return b"\n".join(out) + data[head_end:]
+
+
+def _unparseable(raw: bytes, reason: str) -> ParsedMessage:
+    return ParsedMessage(
+        message_id=hdr.synthesised_id(raw),
+        in_reply_to=(),
+        references=(),
+        subject="",
+        from_address="",
+        from_name="",
+        from_header="",
+        to=(),
+        cc=(),
+        reply_to=(),
+        to_header="",
+        cc_header="",
+        date=None,
+        text=LINEBREAK_RE.sub("\n", best_effort(raw)),
+        html=None,
+        attachments=(),
+        defects=(reason,),
+        message_id_synthesised=True,
+    )

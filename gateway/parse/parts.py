@@ -1,0 +1,136 @@
+"""Guarded access to the email package's parts: every accessor that may raise on malformed input is
+wrapped, and raw header values come back unfolded with 8-bit bytes already read as text."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from email import policy as email_policy
+from email.message import Message
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from gateway.parse.charsets import best_effort
+
+POLICY = email_policy.default
+_T = TypeVar("_T")
+
+LINEBREAK_RE = re.compile(r"\r\n|\r|\n")
+_UNQUOTED_NAME_RE = re.compile(r"""(?:^|;)\s*(?:file)?name\s*=\s*([^";=][^";]*)""", re.I)
+
+
+def guard(func: Callable[[], _T], default: _T) -> _T:
+    """Call an email-package accessor that may raise on malformed input; default on any error."""
+    try:
+        return func()
+    except Exception:
+        return default
+
+
+def raw_items(part: Message) -> list[tuple[str, str]]:
+    """The part's (name, source value) pairs, or none when the header block cannot be read."""
+    return guard(lambda: [(str(k), str(v)) for k, v in part.raw_items()], [])
+
+
+def payload_list(part: Message) -> list[Message] | None:
+    """The sub-parts of a container part, or None for a leaf (or a payload that cannot be read)."""
+    payload = guard(lambda: part.get_payload(), None)
+    if not isinstance(payload, list):
+        return None
+    return [child for child in payload if isinstance(child, Message)]
+
+
+def raw_payload(part: Message) -> bytes:
+    """The undecoded body bytes of a non-container part.
+
+    Read from `_payload` because `get_payload()` re-decodes 8-bit text with a charset guess and
+    `get_payload(decode=True)` copies base64 line by line; both cost memory on large parts.
+    """
+    payload = getattr(part, "_payload", None)
+    if isinstance(payload, bytes):
+        return payload
+    if not isinstance(payload, str):
+        return b""
+    try:
+        return payload.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:  # a programmatically built message holding real non-ASCII text
+        return payload.encode("utf-8", "surrogateescape")
+
+
+def has_content(part: Message) -> bool:
+    return re.search(rb"\S", raw_payload(part)) is not None  # no copy, stops at the first hit
+
+
+def transfer_encoding(part: Message) -> str:
+    """base64 | quoted-printable | uuencode | identity, tolerating "quoted printable" and "base64;"."""
+    value = str(guard(lambda: part.get("content-transfer-encoding", ""), "") or "")
+    token = re.sub(r"[\s_]+", "-", value.strip().lower()).split(";")[0].strip("-")
+    if token.startswith("base64"):
+        return "base64"
+    if token.startswith("quoted-printable") or token == "qp":
+        return "quoted-printable"
+    if token in ("x-uuencode", "uuencode", "x-uue", "uue"):
+        return "uuencode"
+    return "identity"
+
+
+def raw_header(part: Message, name: str) -> str:
+    """The first source value of a header, unfolded, without the policy's parsing."""
+    value = next((v for k, v in raw_items(part) if k.lower() == name), "")
+    return unfold(repair_8bit(value))
+
+
+def declared_filename(part: Message) -> str | None:
+    """The filename/name parameter, RFC 2231 and encoded-words decoded by the email package."""
+    name = guard(lambda: part.get_filename(), None)
+    if name and " " not in name:
+        # An unquoted name with spaces (name=This is a test.txt) is cut at the first space.
+        for header in ("content-disposition", "content-type"):
+            match = _UNQUOTED_NAME_RE.search(raw_header(part, header))
+            if match and match.group(1).strip().startswith(name) and match.group(1).strip() != name:
+                return match.group(1).strip()
+    return name or None
+
+
+def location_name(part: Message) -> str | None:
+    """The last segment of Content-Location (how MHTML names its parts)."""
+    location = raw_header(part, "content-location").strip()
+    name = guard(lambda: unquote(urlsplit(location).path.rsplit("/", 1)[-1]), "") if location else ""
+    return name or None
+
+
+def content_id(part: Message) -> str | None:
+    value = str(guard(lambda: part.get("content-id", ""), "") or "")
+    value = repair_8bit(value).strip().strip("<>").strip()
+    return value or None
+
+
+def param(part: Message, name: str) -> str:
+    """A Content-Type parameter as text ("" when absent or unreadable)."""
+    value = guard(lambda: part.get_param(name), None)
+    if isinstance(value, tuple):  # an RFC 2231 value the email package left undecoded
+        value = value[2]
+    return str(value or "")
+
+
+def part_defects(part: Message) -> list[object]:
+    return guard(lambda: list(part.defects), [])
+
+
+def defect_text(defect: object) -> str:
+    detail = str(defect)
+    name = type(defect).__name__
+    return f"{name}: {detail}" if detail and detail != name else name
+
+
+def repair_8bit(value: str) -> str:
+    """Raw 8-bit header bytes arrive as surrogate escapes; read them as UTF-8 (RFC 6532) or Polish."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return best_effort(value.encode("utf-8", "surrogateescape"))
+
+
+def unfold(value: str) -> str:
+    return LINEBREAK_RE.sub("", value)
