@@ -54,6 +54,7 @@ async def build_http_server(gateway: Gateway) -> HttpServer:
         log_level="warning",
         lifespan="off",
         access_log=False,
+        log_config=None,  # uvicorn's lines go through gateway.logs' handler (text or JSON), not its own
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="http")

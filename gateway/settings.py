@@ -115,12 +115,30 @@ class Settings(BaseSettings):
     instance_name: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
 
     # --- SMTP limits (SPEC §13) ------------------------------------------------------------------
+    # Live SMTP sessions in all (Postfix: process limit 100); past it new ones get 421 4.7.0 at once.
+    smtp_max_connections: int = 200
+    # Live SMTP sessions per client IP (Postfix's smtpd_client_connection_count_limit is 50; MTAs use ~5).
+    smtp_max_connections_per_ip: int = 20
+    # Seconds a client has after our banner for its first command (a silent client only holds a slot).
+    smtp_greeting_timeout_seconds: float = 30.0
+    # Seconds of silence allowed while we wait for a command or for more DATA (Postfix smtpd_timeout).
+    smtp_timeout_seconds: float = 60.0
+    # The same wait when the house is 80 % full, so idle sessions make room (Postfix's stress value).
+    smtp_stress_timeout_seconds: float = 10.0
+    # Accepted recipients per message; the next RCPT gets 452 4.5.3 (Postfix smtpd_recipient_limit).
+    smtp_max_recipients: int = 100
 
     # --- MIME budgets and poison messages (SPEC §13) ---------------------------------------------
 
     # --- sender trust (SPEC §12) -----------------------------------------------------------------
 
     # --- operations: metrics, logs, retention (SPEC §14) -----------------------------------------
+    # Log lines as "text" (human) or "json" (one object per line, for a log shipper).
+    log_format: Literal["text", "json"] = "text"
+    # Threshold for `gateway serve` (other commands log warnings only): DEBUG, INFO, WARNING, ERROR.
+    log_level: str = "INFO"
+    # A repeated error is logged once, then as one "N more in the last S s" line per this many seconds.
+    log_storm_seconds: float = 60.0
     # Where `serve` writes the SMTP and HTTP ports it bound, as JSON, once ready; none by default. With
     # GATEWAY_SMTP_PORT=0 / GATEWAY_HTTP_PORT=0 (any free port) this is how a supervisor or test finds them.
     ports_file: Path | None = None

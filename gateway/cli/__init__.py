@@ -5,30 +5,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway.logs import configure_logging
 from gateway.settings import Settings, load_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.command == "serve" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    settings = load_settings()
+    # One line per event, text or JSON, storms summarised (gateway.logs); only `serve` logs at INFO.
+    configure_logging(
+        log_format=settings.log_format,
+        level=settings.log_level if args.command == "serve" else "WARNING",
+        storm_seconds=settings.log_storm_seconds,
     )
-    # One line per job run or per SMTP command is noise in an operator's log.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(load_settings(), args) or 0)
+        return int(args.handler(settings, args) or 0)
     except BrokenPipeError:  # `gateway export | head`: the reader has all it wanted
         sys.stderr.close()
         return 0

@@ -1,4 +1,4 @@
-"""The SMTP listener (aiosmtpd): recipient policy, SIZE, DATA -> intake. SMTP reply strings live here.
+"""The aiosmtpd handler: recipient policy and cap, DATA -> intake; the AUTH check for staff submission.
 
 The 250 after DATA is sent only once the journal holds the bytes (Intake.accept); when the journal
 cannot be written the sender gets `451 4.3.0` and its MTA retries later.
@@ -6,12 +6,10 @@ cannot be written the sender gets `451 4.3.0` and its MTA retries later.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
-import ssl
 from email.utils import formatdate
-from typing import Any, AnyStr
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -20,18 +18,6 @@ from gateway.intake import Intake, JournalUnavailable
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
-
-_SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed maximum message size"
-
-
-class GatewaySMTP(SMTP):
-    """aiosmtpd's server with RFC 3463 enhanced codes on its built-in size refusals."""
-
-    async def push(self, status: AnyStr) -> None:
-        text = status.decode() if isinstance(status, bytes) else status
-        if text.startswith("552 Error"):  # "Too much mail data" / "message size exceeds ..."
-            text = _SIZE_EXCEEDED
-        await super().push(text)
 
 
 class SmtpHandler:
@@ -55,6 +41,9 @@ class SmtpHandler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
+        # Postfix's smtpd_recipient_limit: a 4xx, so an honest MTA sends the rest in another transaction.
+        if len(envelope.rcpt_tos) >= self._settings.smtp_max_recipients:
+            return "452 4.5.3 Too many recipients"
         if not self.accepts(address):
             return f"550 5.1.1 <{address}>: no such mailbox here"
         envelope.rcpt_tos.append(address)
@@ -96,35 +85,3 @@ class Authenticator:
         given = auth_data.password.decode("utf-8", "replace")
         success = expected is not None and hmac.compare_digest(expected.encode(), given.encode())
         return AuthResult(success=success, handled=False, auth_data=login if success else None)
-
-
-def _tls_context(settings: Settings) -> ssl.SSLContext | None:
-    if settings.smtp_tls_cert_file is None or settings.smtp_tls_key_file is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.smtp_tls_cert_file, settings.smtp_tls_key_file)
-    return context
-
-
-async def start_smtp_server(*, settings: Settings, intake: Intake, addresses: ReplyAddresses) -> asyncio.Server:
-    handler = SmtpHandler(settings=settings, intake=intake, addresses=addresses)
-    tls_context = _tls_context(settings)
-    authenticator = Authenticator(settings.smtp_auth_users) if settings.smtp_auth_users else None
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: GatewaySMTP(
-            handler,
-            data_size_limit=settings.smtp_max_message_bytes,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            hostname=settings.smtp_hostname,
-            ident="support-mail-gateway",
-            tls_context=tls_context,
-            authenticator=authenticator,
-            auth_require_tls=settings.smtp_auth_require_tls,
-            # AUTH is for staff submission; customers' servers deliver without it.
-            auth_required=False,
-        ),
-        host=settings.smtp_host,
-        port=settings.smtp_port,
-    )

@@ -1,0 +1,155 @@
+"""SMTP connection limits, as Postfix has them: connection caps, timeouts, the open-file limit.
+
+- `ConnectionGate` counts live sessions, globally and per client IP (Postfix's
+  `smtpd_client_connection_count_limit`); a connection past either cap gets `421 4.7.0` and is
+  closed by `RefusingProtocol` before an SMTP session object is even built.
+- `SessionTimeouts`: the client has `greeting_seconds` after our banner for its first command and
+  `command_seconds` for every later command or piece of DATA (Postfix's `smtpd_timeout`); under
+  stress (the house at least `STRESS_SHARE` full) every wait shrinks to `stress_seconds`, as
+  Postfix's `smtpd_timeout = ${stress?10}${stress:300}` does, so idle connections make room.
+- `raise_open_file_limit` lifts RLIMIT_NOFILE's soft limit to the hard one at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+# Builds the SMTP session for an admitted client IP (the gate's count is released when it ends).
+SessionBuilder = Callable[[str], asyncio.Protocol]
+
+TOO_MANY_CONNECTIONS = "421 4.7.0 {hostname} Too many connections, try again later"
+TOO_MANY_FROM_YOU = "421 4.7.0 {hostname} Too many connections from your address, try again later"
+# The share of the global cap from which the gateway is "under stress" and idle time is cut short.
+STRESS_SHARE = 0.8
+# Descriptors kept free beyond the SMTP sessions: database, journal files, HTTP, IMAP, logs.
+FD_RESERVE = 256
+
+
+@dataclass(frozen=True)
+class SessionTimeouts:
+    greeting_seconds: float
+    command_seconds: float
+    stress_seconds: float
+
+    def current(self, stressed: bool) -> float:
+        return min(self.command_seconds, self.stress_seconds) if stressed else self.command_seconds
+
+
+class ConnectionGate:
+    """Live SMTP sessions, in total and per client IP; admits or refuses a new one."""
+
+    def __init__(self, *, max_total: int, max_per_ip: int) -> None:
+        self.max_total = max_total
+        self.max_per_ip = max_per_ip
+        self.total = 0
+        self._per_ip: Counter[str] = Counter()
+        self.refused = 0
+        self.timed_out = 0
+
+    @property
+    def stressed(self) -> bool:
+        return self.max_total > 0 and self.total >= self.max_total * STRESS_SHARE
+
+    def admit(self, ip: str) -> str | None:
+        """Count the session in and return None, or return why it is refused (a 421 template)."""
+        if self.max_total > 0 and self.total >= self.max_total:
+            reason = TOO_MANY_CONNECTIONS
+        elif self.max_per_ip > 0 and self._per_ip[ip] >= self.max_per_ip:
+            reason = TOO_MANY_FROM_YOU
+        else:
+            self.total += 1
+            self._per_ip[ip] += 1
+            return None
+        self.refused += 1
+        # One template per cause, so a flood of refusals is one line plus a summary (gateway.logs).
+        log.warning("SMTP connection refused: %s", reason.split(" ", 3)[3], extra={"peer": ip})
+        return reason
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        self._per_ip[ip] -= 1
+        if self._per_ip[ip] <= 0:
+            del self._per_ip[ip]
+
+    def count_for(self, ip: str) -> int:
+        return self._per_ip[ip]
+
+    def note_timeout(self, ip: str) -> None:
+        self.timed_out += 1
+        log.info("SMTP session timed out", extra={"peer": ip})
+
+
+class RefusingProtocol(asyncio.Protocol):
+    """Says 421 and hangs up: the whole life of a connection past a cap."""
+
+    def __init__(self, reply: str) -> None:
+        self._reply = reply.encode("ascii") + b"\r\n"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(self._reply)
+        transport.close()  # after the write buffer is flushed; nothing the client sends is read
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+
+def raise_open_file_limit(wanted_sessions: int) -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit (as far as the system allows); returns the soft limit.
+
+    The default soft limit of 1 024 is below what 200 sessions, the database and HTTP can need
+    under a connection flood; the hard limit is what the administrator allows us.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as error:
+            log.warning("could not raise the open-file limit from %s to %s: %s", soft, target, error)
+    if soft != resource.RLIM_INFINITY and soft < wanted_sessions + FD_RESERVE:
+        log.warning(
+            "open-file limit %s is low for smtp_max_connections=%s; raise LimitNOFILE / ulimit -Hn",
+            soft,
+            wanted_sessions,
+        )
+    return soft
+
+
+class GatedSessions(asyncio.Protocol):
+    """The listener's protocol factory product: admits the connection, then hands it to a real session.
+
+    The per-IP cap needs the peer address, which only `connection_made` knows; refusing there costs
+    one small object and one write, and the expensive SMTP session is built only once admitted.
+    """
+
+    def __init__(self, gate: ConnectionGate, hostname: str, build_session: SessionBuilder) -> None:
+        self._gate = gate
+        self._hostname = hostname
+        self._build_session = build_session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if peer else ""
+        refusal = self._gate.admit(ip)
+        if refusal is not None:
+            refuser = RefusingProtocol(refusal.format(hostname=self._hostname))
+            transport.set_protocol(refuser)
+            refuser.connection_made(transport)
+            return
+        try:
+            session = self._build_session(ip)
+        except Exception:
+            self._gate.release(ip)
+            transport.close()
+            raise
+        transport.set_protocol(session)
+        session.connection_made(transport)
