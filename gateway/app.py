@@ -9,28 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
 
 from gateway.addresses import ReplyAddresses
 from gateway.intake import Intake
-from gateway.outbound.relay import make_relay
+from gateway.outbound.relay import relay_for
 from gateway.outbound.replies import Replies
 from gateway.outbound.templates import MailTemplates
 from gateway.outbound.worker import OutboxWorker
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, PipelineRunner
 from gateway.settings import Settings
 from store import db
 from store.blobs import BlobStore, make_blob_store
 from store.secrets import get_or_create_secret
 
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from gateway.http import HttpDeps, HttpServer
+    from gateway.imap.poller import MailboxPoller
+
 log = logging.getLogger(__name__)
 
-DEFER_SECONDS = 0.5
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 
 
@@ -79,87 +86,32 @@ class Components:
         self.journal_engine.dispose()
 
 
-class PipelineRunner:
-    """Feeds journaled entries to the pipeline, one at a time and in order, off the event loop.
-
-    Acknowledging is what senders wait for, and the pipeline competes with it for the one
-    interpreter: while mail is arriving, processing steps aside, but never lets the oldest
-    waiting entry get more than `max_lag` seconds old.
-    """
-
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        *,
-        on_done: Callable[[], None],
-        max_lag: float,
-        arriving: Callable[[], bool] = lambda: False,
-    ) -> None:
-        self._pipeline = pipeline
-        self._on_done = on_done
-        self._max_lag = max_lag
-        self.arriving = arriving
-        self._queue: asyncio.Queue[int] = asyncio.Queue()
-        self._queued: dict[int, float] = {}  # journal id -> loop time it was submitted
-        self.processed = 0
-
-    def submit(self, journal_ids: list[int]) -> None:
-        now = asyncio.get_running_loop().time()
-        for journal_id in journal_ids:
-            if journal_id not in self._queued:
-                self._queued[journal_id] = now
-                self._queue.put_nowait(journal_id)
-
-    async def _step_aside(self, journal_id: int) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = self._queued.get(journal_id, loop.time()) + self._max_lag
-        while self.arriving() and loop.time() < deadline:
-            await asyncio.sleep(0.005)
-
-    async def run(self) -> None:
-        while True:
-            journal_id = await self._queue.get()
-            await self._step_aside(journal_id)
-            try:
-                outcome = await asyncio.to_thread(self._pipeline.process, journal_id)
-            finally:
-                self._queued.pop(journal_id, None)
-            self.processed += 1
-            if outcome == "done":
-                self._on_done()
-            elif outcome == "deferred":
-                # Earlier mail of its thread is still in flight, or the database is away.
-                asyncio.get_running_loop().call_later(DEFER_SECONDS, self.submit, [journal_id])
-
-    @property
-    def backlog(self) -> int:
-        return self._queue.qsize()
-
-
 class Gateway:
     """`gateway serve`: everything in one process and one event loop."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.components: Components | None = None
-        self.smtp_server: asyncio.AbstractServer | None = None
-        self.http_server = None
-        self.pollers: list = []
+        self.smtp_server: asyncio.Server | None = None
+        self.http_server: HttpServer | None = None
+        self.pollers: list[MailboxPoller] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._scheduler = None
+        self._scheduler: AsyncIOScheduler | None = None
         self.runner: PipelineRunner | None = None
         self.outbox: OutboxWorker | None = None
         self.intake: Intake | None = None
 
     async def start(self) -> None:
-        from gateway.http import build_http_server
+        # Imported here, not at the top: the CLI's other commands use Components and should not
+        # pay for importing uvicorn, FastAPI and aioimaplib (about half a second).
+        from gateway.http import start_http_server
         from gateway.jobs import build_scheduler, pending_journal_ids
         from gateway.smtp import start_smtp_server
 
         settings = self.settings
         components = await asyncio.to_thread(Components.build, settings)
         self.components = components
-        relay = make_relay(settings.relay_url, timeout=settings.relay_timeout_seconds)
+        relay = relay_for(settings)
         self.outbox = OutboxWorker(engine=components.engine, settings=settings, relay=relay, replies=components.replies)
         self.runner = PipelineRunner(
             components.pipeline, on_done=self.outbox.wake, max_lag=settings.pipeline_max_lag_seconds
@@ -180,7 +132,11 @@ class Gateway:
         self.smtp_server = await start_smtp_server(
             settings=settings, intake=self.intake, addresses=components.addresses
         )
-        self.http_server = await build_http_server(self)
+        self.http_server = await start_http_server(
+            self._http_deps(components, self.intake), host=settings.http_host, port=settings.http_port
+        )
+        # Port 0 in the settings means any free port: from here on they name the ports actually bound.
+        settings.smtp_port, settings.http_port = self.smtp_port, self.http_port
         self._scheduler = build_scheduler(
             engine=components.engine,
             journal_engine=components.journal_engine,
@@ -198,8 +154,40 @@ class Gateway:
             settings.http_port,
             components.engine.url.render_as_string(hide_password=True),
         )
+        if settings.ports_file is not None:
+            # Written aside and renamed, so a reader never sees half a file.
+            partial = settings.ports_file.with_name(settings.ports_file.name + ".partial")
+            partial.write_text(json.dumps({"smtp": self.smtp_port, "http": self.http_port}))
+            partial.replace(settings.ports_file)
 
-    def _build_pollers(self) -> list:
+    @property
+    def smtp_port(self) -> int:
+        """The SMTP port bound (the settings may ask for 0, any free port)."""
+        assert self.smtp_server is not None and self.smtp_server.sockets
+        return int(self.smtp_server.sockets[0].getsockname()[1])
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP port bound (the settings may ask for 0, any free port)."""
+        assert self.http_server is not None
+        return self.http_server.port
+
+    def _http_deps(self, components: Components, intake: Intake) -> HttpDeps:
+        """Everything the HTTP routes work with, built once the engines and the intake exist."""
+        from gateway.http import HttpDeps
+        from gateway.panel.deps import PanelDeps
+
+        panel = PanelDeps(
+            settings=self.settings,
+            engine=components.engine,
+            journal_engine=components.journal_engine,
+            blobs=components.blobs,
+            intake=intake,
+            panel_secret=components.panel_secret,
+        )
+        return HttpDeps(panel=panel, health=self.health)
+
+    def _build_pollers(self) -> list[MailboxPoller]:
         if not self.settings.imap_mailboxes:
             return []
         from gateway.imap.poller import MailboxPoller
@@ -210,7 +198,7 @@ class Gateway:
             for mailbox in self.settings.imap_mailboxes
         ]
 
-    def _spawn(self, coroutine, name: str) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(coroutine, name=name))
 
     def database_ready(self) -> bool:
@@ -223,7 +211,7 @@ class Gateway:
         except Exception:
             return False
 
-    def health(self) -> tuple[bool, dict]:
+    def health(self) -> tuple[bool, dict[str, Any]]:
         listening = self.smtp_server is not None and self.smtp_server.is_serving()
         database = self.database_ready()
         body = {

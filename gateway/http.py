@@ -1,37 +1,56 @@
-"""The HTTP side of `gateway serve`: /healthz, and the panel API and page when present.
+"""The HTTP side of `gateway serve`: /healthz and the customer panel (API and page).
 
 uvicorn runs inside the gateway's own event loop, so the API and the SMTP listener share one
-process, one intake and one pipeline.
+process, one intake and one pipeline. The wiring (gateway.app) hands over everything the routes
+work with as one `HttpDeps` once it is all built; nothing here reaches back into the wiring.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.panel.deps import PanelDeps
+from gateway.panel.routes import add_panel_routes, install_panel
+
+TITLE = "Support mail gateway"
+VERSION = "0.1.0"
 
 
-def create_app(gateway: Gateway) -> FastAPI:
-    app = FastAPI(title="Support mail gateway", version="0.1.0")
+@dataclass(frozen=True)
+class HttpDeps:
+    panel: PanelDeps
+    # (ready, body) of /healthz; called off the event loop, it may touch the database.
+    health: Callable[[], tuple[bool, dict[str, Any]]]
 
+
+def _add_health(app: FastAPI, health: Callable[[], tuple[bool, dict[str, Any]]]) -> None:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
-        ready, body = await asyncio.to_thread(gateway.health)
+        ready, body = await asyncio.to_thread(health)
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    if importlib.util.find_spec("gateway.panel.routes") is not None:
-        from gateway.panel.routes import install_panel
 
-        install_panel(app, gateway)
+def create_app(deps: HttpDeps) -> FastAPI:
+    app = FastAPI(title=TITLE, version=VERSION)
+    _add_health(app, deps.health)
+    install_panel(app, deps.panel)
     return app
+
+
+def api_description() -> dict[str, Any]:
+    """The OpenAPI description the gateway serves, built without a running gateway (for fuzzing)."""
+    app = FastAPI(title=TITLE, version=VERSION)
+    _add_health(app, lambda: (False, {}))
+    add_panel_routes(app)
+    return app.openapi()
 
 
 class HttpServer:
@@ -39,18 +58,22 @@ class HttpServer:
         self.server = server
         self.serve_task = serve_task
 
+    @property
+    def port(self) -> int:
+        """The bound port (the setting may be 0: any free port)."""
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
+
     async def stop(self) -> None:
         self.server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(self.serve_task), 10)
 
 
-async def build_http_server(gateway: Gateway) -> HttpServer:
-    settings = gateway.settings
+async def start_http_server(deps: HttpDeps, *, host: str, port: int) -> HttpServer:
     config = uvicorn.Config(
-        create_app(gateway),
-        host=settings.http_host,
-        port=settings.http_port,
+        create_app(deps),
+        host=host,
+        port=port,
         log_level="warning",
         lifespan="off",
         access_log=False,

@@ -8,24 +8,26 @@ that a case exists. An `admin` login's scope is its account, a `standard` login'
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, HTTPException, Path
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from gateway.panel.auth import InvalidToken, PanelIdentity, read_token
+from gateway.panel.deps import Deps
 from gateway.panel.models import Problem
 from store import panel as panel_store
 from store.models import Case, Service
 from store.panel import Scope
 
-if TYPE_CHECKING:
-    from gateway.app import Components, Gateway
-
 LOGIN_ROLES = ("admin", "standard")
-NOT_FOUND = {404: {"model": Problem, "description": "Not found, or outside the login's scope"}}
-UNAUTHORISED = {401: {"model": Problem, "description": "Missing, expired or forged token"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "Not found, or outside the login's scope"}
+}
+UNAUTHORISED: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "Missing, expired or forged token"}
+}
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -34,29 +36,18 @@ _bearer = HTTPBearer(
 )
 
 
-def gateway_of(request: Request) -> Gateway:
-    return request.app.state.panel_gateway
-
-
-def components_of(request: Request) -> Components:
-    components = gateway_of(request).components
-    if components is None:
-        raise HTTPException(503, "the gateway is starting")
-    return components
-
-
 def unauthorised() -> HTTPException:
     return HTTPException(401, "a valid panel token is required", headers={"WWW-Authenticate": "Bearer"})
 
 
 def token_identity(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    deps: Deps, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> PanelIdentity | None:
     """The verified identity of the bearer token, or None when there is no valid one."""
     if credentials is None:
         return None
     try:
-        return read_token(credentials.credentials, secret=components_of(request).panel_secret)
+        return read_token(credentials.credentials, secret=deps.panel_secret)
     except InvalidToken:
         return None
 

@@ -62,7 +62,7 @@ def media_type(declared: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
-def _policy(mail: PanelMail) -> policy.EmailPolicy:
+def _policy(mail: PanelMail) -> policy.EmailPolicy[EmailMessage]:
     # An internationalised address can only be written with SMTPUTF8; plain ASCII stays classic.
     return policy.SMTP if mail.from_address.isascii() else policy.SMTPUTF8
 

@@ -12,26 +12,25 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from gateway.casetag import tagged_subject
-from gateway.intake import Intake, JournalUnavailable
+from gateway.intake import JournalUnavailable
 from gateway.panel.access import (
     NOT_FOUND,
     UNAUTHORISED,
     CaseNumber,
     Login,
     case_in_scope,
-    components_of,
-    gateway_of,
     login_services,
 )
 from gateway.panel.auth import PanelIdentity
 from gateway.panel.compose import PanelMail, compose
+from gateway.panel.deps import Deps, PanelDeps
 from gateway.panel.models import (
     CONTACT_KINDS,
     FileTooLargeProblem,
@@ -51,9 +50,6 @@ from store import cases, directory, journal, processed
 from store import panel as panel_store
 from store.db import reading
 from store.models import Case, Contact
-
-if TYPE_CHECKING:
-    from gateway.app import Components
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PLACEMENT_TIMEOUT_SECONDS = 20.0  # the pipeline places a message in well under a second
@@ -90,15 +86,15 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _read_form(request: Request, components: Components) -> SubmittedForm:
+async def _read_form(request: Request, deps: PanelDeps) -> SubmittedForm:
     """The submitted form, or the HTTP error that tells the client why it was refused."""
-    limit = components.settings.max_attachment_bytes
+    limit = deps.settings.max_attachment_bytes
     try:
         return await read_form(
             request,
             file_field="files",
             max_file_bytes=limit,
-            max_request_bytes=max(components.settings.smtp_max_message_bytes, limit + 1024 * 1024),
+            max_request_bytes=max(deps.settings.smtp_max_message_bytes, limit + 1024 * 1024),
         )
     except FileTooLarge as error:
         raise FileRefused(error) from error
@@ -183,35 +179,31 @@ def _reply_target(engine: Engine, identity: PanelIdentity, number: str) -> tuple
     return case, references, own.name if own else ""
 
 
-def _placement(components: Components, journal_id: int) -> Submitted:
+def _placement(deps: PanelDeps, journal_id: int) -> Submitted:
     # The journal first: once it says done, the case is committed (in the same transaction, or
     # in the one before), so reading in this order never sees "done" without its case.
-    with reading(components.journal_engine) as session:
+    with reading(deps.journal_engine) as session:
         entry = journal.get_entry(session=session, journal_id=journal_id)
     if entry is None or entry.status in ("pending", "quarantined"):
         return Submitted(number=None, status="pending" if entry is None else entry.status)
-    with reading(components.engine) as session:
+    with reading(deps.engine) as session:
         finished = processed.get_processed(session=session, journal_id=journal_id)
         case_id = finished.case_id if finished else None
         case = cases.get_case(session=session, case_id=case_id) if case_id else None
         return Submitted(number=case.number if case else None, status=entry.status)
 
 
-async def _submit(
-    components: Components, intake: Intake | None, raw: bytes, *, sender: str, panel: dict[str, Any]
-) -> Submitted:
+async def _submit(deps: PanelDeps, raw: bytes, *, sender: str, panel: dict[str, Any]) -> Submitted:
     """The one durable write, then wait (bounded) until the pipeline has placed the message."""
-    if intake is None:
-        raise HTTPException(503, "the gateway is starting")
-    meta = {"panel": panel, "mail_from": sender, "rcpt_tos": [components.settings.support_address]}
+    meta = {"panel": panel, "mail_from": sender, "rcpt_tos": [deps.settings.support_address]}
     try:
-        receipt = await intake.accept(raw, source="panel", meta=meta)
+        receipt = await deps.intake.accept(raw, source="panel", meta=meta)
     except JournalUnavailable as error:
         raise HTTPException(503, "the message could not be stored, please try again") from error
     loop = asyncio.get_running_loop()
     deadline, delay = loop.time() + PLACEMENT_TIMEOUT_SECONDS, 0.01
     while True:
-        placed = await asyncio.to_thread(_placement, components, receipt.journal_id)
+        placed = await asyncio.to_thread(_placement, deps, receipt.journal_id)
         if placed.status != "pending" or loop.time() >= deadline:
             return placed
         await asyncio.sleep(delay)
@@ -230,23 +222,22 @@ def _submitted_response(placed: Submitted) -> JSONResponse:
     responses={**SUBMIT_RESPONSES, **NOT_FOUND},
     openapi_extra=NEW_MESSAGE_BODY,
 )
-async def post_message(request: Request, identity: Login) -> JSONResponse:
+async def post_message(request: Request, deps: Deps, identity: Login) -> JSONResponse:
     """A new case from the form, written as mail from the chosen contact (or the login)."""
-    components, intake = components_of(request), gateway_of(request).intake
-    form = await _read_form(request, components)
+    form = await _read_form(request, deps)
     _check_new_message(form)
-    name, address = await asyncio.to_thread(_new_message_author, components.engine, identity, form)
+    name, address = await asyncio.to_thread(_new_message_author, deps.engine, identity, form)
     # Encoding attachments is CPU work: off the event loop the SMTP listener shares.
     raw = await asyncio.to_thread(
         compose,
         PanelMail(
             from_name=name,
             from_address=address,
-            to_address=components.settings.support_address,
+            to_address=deps.settings.support_address,
             subject=form.fields["subject"],
             body=form.fields["body"],
             files=form.files,
-            message_id_domain=components.settings.support_domain,
+            message_id_domain=deps.settings.support_domain,
         ),
     )
     panel = {
@@ -256,7 +247,7 @@ async def post_message(request: Request, identity: Login) -> JSONResponse:
         "case": None,
         "login": identity.sub,
     }
-    return _submitted_response(await _submit(components, intake, raw, sender=address, panel=panel))
+    return _submitted_response(await _submit(deps, raw, sender=address, panel=panel))
 
 
 @router.post(
@@ -267,24 +258,23 @@ async def post_message(request: Request, identity: Login) -> JSONResponse:
     responses={**SUBMIT_RESPONSES, **NOT_FOUND},
     openapi_extra=REPLY_BODY,
 )
-async def post_reply(request: Request, identity: Login, number: CaseNumber) -> JSONResponse:
+async def post_reply(request: Request, deps: Deps, identity: Login, number: CaseNumber) -> JSONResponse:
     """A reply into a case, written as mail from the login; it threads like any customer reply."""
-    components, intake = components_of(request), gateway_of(request).intake
-    case, references, name = await asyncio.to_thread(_reply_target, components.engine, identity, number)
-    form = await _read_form(request, components)
+    case, references, name = await asyncio.to_thread(_reply_target, deps.engine, identity, number)
+    form = await _read_form(request, deps)
     _missing(form, ("body",))
     raw = await asyncio.to_thread(
         compose,
         PanelMail(
             from_name=name,
             from_address=identity.sub,
-            to_address=components.settings.support_address,
+            to_address=deps.settings.support_address,
             subject=f"Re: {tagged_subject(case.number, case.subject)}",
             body=form.fields["body"],
             files=form.files,
             in_reply_to=references[-1] if references else None,
             references=references,
-            message_id_domain=components.settings.support_domain,
+            message_id_domain=deps.settings.support_domain,
         ),
     )
     panel = {
@@ -294,4 +284,4 @@ async def post_reply(request: Request, identity: Login, number: CaseNumber) -> J
         "case": case.number,
         "login": identity.sub,
     }
-    return _submitted_response(await _submit(components, intake, raw, sender=identity.sub, panel=panel))
+    return _submitted_response(await _submit(deps, raw, sender=identity.sub, panel=panel))

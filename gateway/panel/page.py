@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from gateway.settings import Settings
+from gateway.panel.deps import Deps
 
 PANEL_DIR = Path(__file__).resolve().parents[2] / "templates" / "panel"
 STATIC_DIR = PANEL_DIR / "static"
@@ -50,18 +50,18 @@ def _asset_version() -> str:
     return digest.hexdigest()[:12]
 
 
-def install_page(app: FastAPI, settings: Settings) -> None:
+def install_page(app: FastAPI) -> None:
     environment = Environment(
         loader=FileSystemLoader(PANEL_DIR), autoescape=select_autoescape(default=True, default_for_string=True)
     )
     template = environment.get_template("index.html.j2")
     version = _asset_version()
 
-    async def panel_page() -> HTMLResponse:
+    async def panel_page(deps: Deps) -> HTMLResponse:
         html = template.render(
-            max_attachment_bytes=settings.max_attachment_bytes,
-            support_address=settings.support_address,
-            support_name=settings.support_name,
+            max_attachment_bytes=deps.settings.max_attachment_bytes,
+            support_address=deps.settings.support_address,
+            support_name=deps.settings.support_name,
             version=version,
         )
         return HTMLResponse(html, headers=PAGE_HEADERS)

@@ -9,10 +9,10 @@ through the scoped repository functions of store.panel.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Response
 from sqlmodel import Session
 
 from gateway.panel import form
@@ -24,7 +24,6 @@ from gateway.panel.access import (
     OptionalIdentity,
     System,
     case_in_scope,
-    components_of,
     is_login,
     login_services,
     scope_of,
@@ -32,6 +31,7 @@ from gateway.panel.access import (
 )
 from gateway.panel.auth import PanelIdentity, check_download, sign_download
 from gateway.panel.compose import media_type
+from gateway.panel.deps import Deps, PanelDeps, provide
 from gateway.panel.models import (
     AccountIn,
     AccountOut,
@@ -53,9 +53,6 @@ from store import cases, directory
 from store import panel as panel_store
 from store.db import reading, transaction
 from store.models import Attachment, Case, Contact, Message, Service, utcnow
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
 
 PER_PAGE = 25
 MAX_PAGE = 1_000_000
@@ -98,14 +95,14 @@ def _account_out(
     },
 )
 def put_account(
-    request: Request,
+    deps: Deps,
     account: Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f/]+$")],
     body: AccountIn,
     _: System,
 ) -> AccountOut:
     """Create or replace an account: its name, language, services and contacts (role `system`)."""
     service_ids = [service.id for service in body.services]
-    with transaction(components_of(request).engine) as session:
+    with transaction(deps.engine) as session:
         taken = panel_store.foreign_services(session=session, account_id=account, service_ids=service_ids)
         if taken:
             raise HTTPException(409, f"service ids already belong to another account: {', '.join(taken)}")
@@ -131,22 +128,21 @@ def put_account(
 
 
 @router.get("/panel/me", tags=["panel"], response_model=Me)
-def get_me(request: Request, identity: Login) -> Me:
+def get_me(deps: Deps, identity: Login) -> Me:
     """The login, its account, the services it may write about, the contacts it may write as."""
-    components = components_of(request)
-    with reading(components.engine) as session:
+    with reading(deps.engine) as session:
         account = directory.get_account(session=session, account_id=identity.account)
         services = directory.account_services(session=session, account_id=identity.account)
         contacts = directory.account_contacts(session=session, account_id=identity.account)
     return Me(
         login=identity.sub,
-        role=identity.role,  # type: ignore[arg-type]
+        role=identity.role,
         account=identity.account,
         account_name=account.name if account is not None else "",
         services=[ServiceOut(id=s.id, name=s.name) for s in login_services(services, identity)],
         contacts=[ContactOut(kind=c.kind, name=c.name, email=c.email) for c in contacts],
         categories=list(CATEGORIES),
-        max_attachment_bytes=components.settings.max_attachment_bytes,
+        max_attachment_bytes=deps.settings.max_attachment_bytes,
     )
 
 
@@ -170,14 +166,14 @@ def _case_item(case: Case, *, unread: int) -> dict[str, Any]:
 
 @router.get("/panel/cases", tags=["panel"], response_model=CasePage)
 def list_cases(
-    request: Request,
+    deps: Deps,
     identity: Login,
     page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     per_page: Annotated[int, Query(ge=1, le=100)] = PER_PAGE,
 ) -> CasePage:
     """The correspondence list, most recently updated first."""
     scope = scope_of(identity)
-    with reading(components_of(request).engine) as session:
+    with reading(deps.engine) as session:
         found = panel_store.list_cases(session=session, scope=scope, offset=(page - 1) * per_page, limit=per_page)
         unread = panel_store.unread_counts(session=session, case_ids=[case.id or 0 for case in found])
         total = panel_store.count_cases(session=session, scope=scope)
@@ -212,7 +208,7 @@ def _thread_message(message: Message, attachments: list[Attachment], secret: str
     }
     return ThreadMessage(
         id=message.id or 0,
-        direction=message.direction,  # type: ignore[arg-type]
+        direction=message.direction,
         from_=message.from_header,
         to=message.to_header,
         date=message.date or message.created_at,
@@ -226,22 +222,21 @@ def _thread_message(message: Message, attachments: list[Attachment], secret: str
 
 
 @router.get("/panel/cases/{number}", tags=["panel"], response_model=CaseThread, responses=NOT_FOUND)
-def get_case(request: Request, identity: Login, number: CaseNumber) -> CaseThread:
+def get_case(deps: Deps, identity: Login, number: CaseNumber) -> CaseThread:
     """The whole thread of one case, oldest message first; internal notes are never shown."""
-    components = components_of(request)
-    with reading(components.engine) as session:
+    with reading(deps.engine) as session:
         case = case_in_scope(session, identity, number)
         messages = panel_store.visible_messages(session=session, case_id=case.id or 0)
         by_message = cases.message_attachments(session=session, message_ids=[m.id or 0 for m in messages])
         unread = panel_store.unread_counts(session=session, case_ids=[case.id or 0]).get(case.id or 0, 0)
-    thread = [_thread_message(m, by_message.get(m.id or 0, []), components.panel_secret) for m in messages]
+    thread = [_thread_message(m, by_message.get(m.id or 0, []), deps.panel_secret) for m in messages]
     return CaseThread(**_case_item(case, unread=unread), messages=thread)
 
 
 @router.post("/panel/cases/{number}/read", tags=["panel"], response_model=MarkedRead, responses=NOT_FOUND)
-def mark_read(request: Request, identity: Login, number: CaseNumber) -> MarkedRead:
+def mark_read(deps: Deps, identity: Login, number: CaseNumber) -> MarkedRead:
     """Mark every answer in the case as read by the customer."""
-    with transaction(components_of(request).engine) as session:
+    with transaction(deps.engine) as session:
         case = case_in_scope(session, identity, number)
         marked = panel_store.mark_read(session=session, case_id=case.id or 0, now=utcnow())
     return MarkedRead(number=case.number, marked=marked, unread=0)
@@ -287,23 +282,20 @@ def _find_attachment(
     },
 )
 def download_attachment(
-    request: Request,
+    deps: Deps,
     attachment_id: Annotated[int, Path(ge=1, le=MAX_ID)],
     identity: OptionalIdentity,
     sig: Annotated[str | None, Query(max_length=100, description="Signature of a download link")] = None,
 ) -> Response:
     """Download one attachment: with a login's token (scoped), or through a signed download link."""
-    components = components_of(request)
-    signed = sig is not None and check_download(
-        secret=components.panel_secret, attachment_id=attachment_id, signature=sig
-    )
+    signed = sig is not None and check_download(secret=deps.panel_secret, attachment_id=attachment_id, signature=sig)
     if not signed and not is_login(identity):
         raise unauthorised()
-    with reading(components.engine) as session:
+    with reading(deps.engine) as session:
         attachment = _find_attachment(session, attachment_id, identity, signed)
         content = None
         if attachment is not None and attachment.sha256 is not None:
-            content = components.blobs.get(session=session, sha256=attachment.sha256)
+            content = deps.blobs.get(session=session, sha256=attachment.sha256)
     if attachment is None or content is None:
         raise HTTPException(404, "no such attachment")
     return _attachment_response(attachment, content)
@@ -312,10 +304,15 @@ def download_attachment(
 # --- wiring ---------------------------------------------------------------------------------------
 
 
-def install_panel(app: FastAPI, gateway: Gateway) -> None:
-    """Add the panel API and the reference page to the gateway's FastAPI app."""
-    app.state.panel_gateway = gateway
+def add_panel_routes(app: FastAPI) -> None:
+    """The panel API and the reference page on `app`; what they work with comes from `provide`."""
     app.include_router(router)
     app.include_router(form.router)
     app.add_exception_handler(form.FileRefused, form.file_refused_handler)
-    install_page(app, gateway.settings)
+    install_page(app)
+
+
+def install_panel(app: FastAPI, deps: PanelDeps) -> None:
+    """Mount the panel on the gateway's FastAPI app with everything it works with."""
+    provide(app, deps)
+    add_panel_routes(app)

@@ -8,12 +8,17 @@ reads a clean 413 instead of a reset connection; past the cap reading stops alto
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 MAX_FIELD_BYTES = 1024 * 1024  # a text field (the body of a message) larger than this is refused
 
@@ -75,7 +80,7 @@ class _MultipartCollector:
         self.files: list[UploadedFile] = []
         self.first_oversized: _Part | None = None
 
-    def callbacks(self) -> dict:  # type: ignore[type-arg]
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._on_part_begin,
             "on_part_data": self._on_part_data,
@@ -130,7 +135,7 @@ def _decode(value: bytes | str) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", errors="replace")
 
 
-async def _limited_stream(request: Request, *, max_request_bytes: int):  # type: ignore[no-untyped-def]
+async def _limited_stream(request: Request, *, max_request_bytes: int) -> AsyncIterator[bytes]:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_request_bytes:
         raise BodyTooLarge(what="the request", limit=max_request_bytes)
