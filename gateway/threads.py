@@ -3,23 +3,23 @@
 Candidates, first match wins: a signed reply address among the recipients, then any Message-ID of
 In-Reply-To/References stored in a case, then a `[#NUMBER]` tag in the subject. A candidate is
 accepted only if the sender may write into it; otherwise the message opens a case of its own and
-the refused candidate is reported (never revealed to the sender).
+the refused candidate is reported (never revealed to the sender). The case tag itself lives in
+gateway.casetag.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
 from gateway.addresses import ReplyAddresses
-from gateway.parse.message import ParsedMessage
+from gateway.casetag import find_case_number
+from gateway.parse import ParsedMessage
 from store import cases, directory
 from store.models import Case
-
-SUBJECT_TAG = re.compile(r"\[#\s*(\d{4}-\d{6,})\s*\]")
+from store.states import CaseStatus
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,6 @@ class ThreadDecision:
     via: str  # token | staff_token | references | subject | panel | bounce | new
     refused_case: Case | None = None  # a candidate the sender may not write into
     follows_case: Case | None = None  # closed beyond the reopen window: the new case refers to it
-    reopen: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,11 +35,6 @@ class _Candidate:
     case: Case
     via: str
     authorised: bool  # already proven by a valid token or the panel's verified identity
-
-
-def subject_case_number(subject: str) -> str | None:
-    match = SUBJECT_TAG.search(subject)
-    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)
@@ -64,11 +58,10 @@ def decide(
     if not (candidate.authorised or query.is_staff or _may_write(session, candidate.case, sender)):
         return ThreadDecision(case=None, via="new", refused_case=candidate.case)
     case = candidate.case
-    if case.status == "closed" and not query.is_staff:
+    if case.status == CaseStatus.CLOSED and not query.is_staff:
         closed_at = case.closed_at or case.updated_at
         if now - closed_at > reopen_window:
             return ThreadDecision(case=None, via="new", follows_case=case)
-        return ThreadDecision(case=case, via=candidate.via, reopen=True)
     return ThreadDecision(case=case, via=candidate.via)
 
 
@@ -94,7 +87,7 @@ def _find_candidate(*, session: Session, query: ThreadQuery, replies: ReplyAddre
     case = cases.find_case_by_message_ids(session=session, message_ids=[*parsed.references, *parsed.in_reply_to])
     if case is not None:
         return _Candidate(case=case, via="references", authorised=False)
-    number = subject_case_number(parsed.subject)
+    number = find_case_number(parsed.subject)
     if number is not None:
         case = cases.get_case_by_number(session=session, number=number)
         if case is not None:
@@ -110,3 +103,8 @@ def _may_write(session: Session, case: Case, sender: str) -> bool:
     return case.account_id is not None and directory.is_account_contact(
         session=session, account_id=case.account_id, email=sender
     )
+
+
+def has_thread_hints(parsed: ParsedMessage) -> bool:
+    """Whether the message says it answers something (a reference or a case tag)."""
+    return bool(parsed.in_reply_to or parsed.references or find_case_number(parsed.subject))
