@@ -1,4 +1,4 @@
-"""The reference page /panel in headless Chromium (Debian's /usr/bin/chromium, driven by playwright).
+"""The reference page /panel in headless Chromium (the one on PATH, driven by playwright; missing is an error).
 
 A person's path through the page: log in with a development token, write a new message with a
 dropped file, find it in the list, expand it, see the staff answer arrive marked as answered,
@@ -14,10 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.async_api import Page
 
 from gateway.app import Gateway
 from gateway.settings import Settings
 from tests.helpers import case_by_number, send, settle
+from tests.servers.chromium import browser_page
 from tests.test_panel_api import (
     ACCOUNT_A,
     _html_mail,
@@ -27,24 +29,9 @@ from tests.test_panel_api import (
     token,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 15_000
 
-pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium"),
-    pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning"),
-]
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
 # Simulates what the browser does when a file is dragged from the desktop onto an element.
 DROP_FILE = """([selector, name, type, size, text]) => {
@@ -67,18 +54,9 @@ async def base_url(gateway: Gateway, settings: Settings) -> str:
 
 
 @pytest.fixture
-async def page(base_url: str) -> AsyncIterator:  # type: ignore[type-arg]
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = await browser.new_context(viewport={"width": 1280, "height": 900}, locale="pl-PL")
-        context.set_default_timeout(TIMEOUT_MS)
-        tab = await context.new_page()
-        try:
-            yield tab
-        finally:
-            await browser.close()
+async def page(base_url: str) -> AsyncIterator[Page]:
+    async with browser_page() as tab:
+        yield tab
 
 
 def _expect(locator):  # type: ignore[no-untyped-def]
