@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from gateway.outbound.replies import Outgoing, Replies, conversation
+from gateway.retention import purge
 from gateway.settings import Settings
 from store import journal
 from store.db import reading, transaction
@@ -104,4 +105,23 @@ def build_scheduler(
         max_instances=1,
     )
     scheduler.add_job(close_idle, "interval", minutes=15, id="auto-close", coalesce=True, max_instances=1)
+
+    def purge_once_per_cluster() -> None:
+        with cluster_lock(engine, "job:purge") as held:
+            if held:
+                report = purge(
+                    engine=engine,
+                    journal_engine=journal_engine,
+                    journal_days=settings.journal_retention_days,
+                    outbox_days=settings.outbox_retention_days,
+                )
+                if report.journal_entries or report.outbox_rows:
+                    log.info("purged %d journal entries, %d outbox rows", report.journal_entries, report.outbox_rows)
+
+    async def purge_expired() -> None:
+        await asyncio.to_thread(purge_once_per_cluster)
+
+    scheduler.add_job(
+        purge_expired, "interval", hours=settings.purge_interval_hours, id="purge", coalesce=True, max_instances=1
+    )
     return scheduler

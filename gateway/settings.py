@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -36,9 +36,41 @@ class MailboxSettings(BaseModel):
     password_file: Path | None = None
     password_env: str | None = None
     folder: str = "INBOX"
-    # "flag" (set \Seen), "delete" (expunge) or "move:FOLDER".
+    # "flag" (set \Seen), "delete" (expunge) or "move:FOLDER" (the folder is created if missing).
     after_fetch: str = "flag"
     poll_seconds: float = 60.0
+    # Use IDLE where the server offers it; false polls every poll_seconds (servers with broken IDLE).
+    idle: bool = True
+    # TLS trust for "tls"/"starttls": a PEM CA file (private CA, self-signed server) instead of the
+    # system store; tls_verify = false accepts any certificate (only on a network you trust).
+    ca_file: Path | None = None
+    tls_verify: bool = True
+    # "password" (LOGIN), or OAuth2 bearer tokens: "xoauth2" (Microsoft 365, Gmail) or
+    # "oauthbearer" (RFC 7628). OAuth2 needs token_endpoint, client_id and a refresh token; the
+    # refresh token the provider rotates is kept in the database (shared by instances).
+    auth: Literal["password", "xoauth2", "oauthbearer"] = "password"
+    token_endpoint: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    client_secret_file: Path | None = None
+    client_secret_env: str | None = None
+    refresh_token: str = ""
+    refresh_token_file: Path | None = None
+    refresh_token_env: str | None = None
+    # Space-separated scopes sent with the refresh (Microsoft 365 wants them; empty: none sent).
+    scope: str = ""
+
+    @model_validator(mode="after")
+    def _oauth_complete(self) -> MailboxSettings:
+        if self.auth != "password" and not (self.token_endpoint and self.client_id):
+            raise ValueError(f"mailbox {self.name}: auth {self.auth} needs token_endpoint and client_id")
+        return self
+
+    def resolved_client_secret(self) -> str:
+        return _secret(self.client_secret, self.client_secret_file, self.client_secret_env)
+
+    def resolved_refresh_token(self) -> str:
+        return _secret(self.refresh_token, self.refresh_token_file, self.refresh_token_env)
 
     @field_validator("after_fetch")
     @classmethod
@@ -48,11 +80,16 @@ class MailboxSettings(BaseModel):
         raise ValueError("after_fetch must be 'flag', 'delete' or 'move:FOLDER'")
 
     def resolved_password(self) -> str:
-        if self.password_file is not None:
-            return self.password_file.read_text(encoding="utf-8").strip()
-        if self.password_env:
-            return os.environ.get(self.password_env, "")
-        return self.password
+        return _secret(self.password, self.password_file, self.password_env)
+
+
+def _secret(value: str, file: Path | None, env: str | None) -> str:
+    """A secret given inline, in a file (first line, trimmed) or in an environment variable."""
+    if file is not None:
+        return file.read_text(encoding="utf-8").strip()
+    if env:
+        return os.environ.get(env, "")
+    return value
 
 
 class Settings(BaseSettings):
@@ -100,6 +137,19 @@ class Settings(BaseSettings):
     outbox_backoff_max_seconds: float = 3600.0
     outbox_give_up_hours: float = 48.0
     relay_timeout_seconds: float = 60.0
+    # Smarthost login when the relay URL has no user:password@; *_file / *_env keep it out of the toml.
+    relay_username: str = ""
+    relay_username_file: Path | None = None
+    relay_username_env: str | None = None
+    relay_password: str = ""
+    relay_password_file: Path | None = None
+    relay_password_env: str | None = None
+    # PEM bundle that signs the relay's certificate (default: the system's CAs).
+    relay_tls_ca_file: Path | None = None
+    # Verify the certificate on smtps:// and smtp+starttls:// (opportunistic STARTTLS on smtp:// never does).
+    relay_tls_verify: bool = True
+    # Connections to the relay per outbox pass; each carries several messages in turn.
+    relay_max_connections: int = 2
     auto_replies_per_sender_per_hour: int = 5
 
     # --- cases -----------------------------------------------------------------------------------
@@ -131,6 +181,27 @@ class Settings(BaseSettings):
     # --- MIME budgets and poison messages (SPEC §13) ---------------------------------------------
 
     # --- sender trust (SPEC §12) -----------------------------------------------------------------
+    # MTAs in front of the gateway (IPs/CIDRs); only their Authentication-Results/spam headers count. Empty: none.
+    trusted_relays: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # authserv-ids of those relays' Authentication-Results; a header with any other id is the sender's text.
+    trusted_authserv_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # host:port of the DNS resolver for our own SPF/DKIM/DMARC checks; empty: the system's (/etc/resolv.conf).
+    dns_resolver: str = ""
+    # "on": check SPF/DKIM/DMARC here when no trusted relay did; "off": skip (trusted headers still count).
+    sender_verification: Literal["on", "off"] = "on"
+    # DNS time all lookups of one message may take together; past it a lookup is temperror, never a pass.
+    sender_verification_budget_seconds: float = 3.0
+    # Who gets automatic mail: "authenticated" senders, senders whose SPF/DMARC did not fail, or "all" (never spam).
+    auto_reply_policy: Literal["authenticated", "not-failed", "all"] = "not-failed"
+    # A trusted relay's spam score at or above this is spam (SpamAssassin's own default "required" is 5.0).
+    spam_score_threshold: float = 5.0
+    # Automatic mails to all senders together per hour: a flood of forged mail cannot turn us into a spam source.
+    auto_replies_per_hour: int = 300
+    # Days a staff reply address (Reply-To of a notification) keeps working; a leaked one dies with it.
+    staff_token_days: int = 90
+    # SMTP AUTH login -> other From addresses it may send as (a login may always send as itself).
+    smtp_auth_send_as: dict[str, list[str]] = Field(default_factory=dict)
+
 
     # --- operations: metrics, logs, retention (SPEC §14) -----------------------------------------
     # Log lines as "text" (human) or "json" (one object per line, for a log shipper).
@@ -139,9 +210,23 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # A repeated error is logged once, then as one "N more in the last S s" line per this many seconds.
     log_storm_seconds: float = 60.0
+    # Raw journal bytes of processed entries are dropped after this many days (the digest stays);
+    # quarantined entries are never purged automatically.
+    journal_retention_days: float = 90.0
+    # Bytes of sent outbox rows are dropped after this many days (the row and its status stay).
+    outbox_retention_days: float = 30.0
+    # How often the purge job runs (hours); `gateway purge` runs the same on demand.
+    purge_interval_hours: float = 24.0
     # Where `serve` writes the SMTP and HTTP ports it bound, as JSON, once ready; none by default. With
     # GATEWAY_SMTP_PORT=0 / GATEWAY_HTTP_PORT=0 (any free port) this is how a supervisor or test finds them.
     ports_file: Path | None = None
+
+    @field_validator("trusted_relays", "trusted_authserv_ids", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("staff_addresses", mode="before")
     @classmethod

@@ -21,6 +21,8 @@ class BlobStore(Protocol):
 
     def get(self, *, session: Session, sha256: str) -> bytes | None: ...
 
+    def delete(self, *, session: Session, sha256: str) -> None: ...
+
 
 class DiskBlobStore:
     """Files at ROOT/ab/cd/<sha256>, written to a temporary name, fsynced, then renamed."""
@@ -51,6 +53,10 @@ class DiskBlobStore:
         except FileNotFoundError:
             return None
 
+    def delete(self, *, session: Session, sha256: str) -> None:
+        # Called after the rows that referenced it are gone (erasure); a file already gone is fine.
+        self._path(sha256).unlink(missing_ok=True)
+
 
 class DatabaseBlobStore:
     """Rows of the `blob` table, written in the caller's transaction."""
@@ -64,6 +70,11 @@ class DatabaseBlobStore:
     def get(self, *, session: Session, sha256: str) -> bytes | None:
         blob = session.get(Blob, sha256)
         return None if blob is None else blob.content
+
+    def delete(self, *, session: Session, sha256: str) -> None:
+        blob = session.get(Blob, sha256)
+        if blob is not None:
+            session.delete(blob)
 
 
 def make_blob_store(kind: str, data_dir: Path) -> BlobStore:

@@ -7,11 +7,20 @@ import asyncio
 import json
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
 
 from gateway.logs import configure_logging
 from gateway.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from gateway.app import Components
+    from gateway.intake import Intake
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +87,18 @@ def _parser() -> argparse.ArgumentParser:
     q_retry.add_argument("--all", action="store_true")
     q_retry.set_defaults(handler=_quarantine_retry)
 
+    purge = commands.add_parser("purge", help="drop journal and sent-outbox bytes past their retention")
+    purge.add_argument("--dry-run", action="store_true", help="count what would go, change nothing")
+    purge.set_defaults(handler=_purge)
+
+    erase = commands.add_parser("erase", help="erase a person's or a case's data (GDPR art. 17), keep a tombstone")
+    target = erase.add_mutually_exclusive_group(required=True)
+    target.add_argument("--address", metavar="EMAIL")
+    target.add_argument("--case", metavar="NUMBER")
+    erase.add_argument("--dry-run", action="store_true", help="count what would go, change nothing")
+    erase.add_argument("--actor", help="who asked for it, for the audit record (default: the OS user)")
+    erase.set_defaults(handler=_erase)
+
     token = commands.add_parser("panel-token", help="a signed panel token, for trying the panel by hand")
     token.add_argument("--account", required=True)
     token.add_argument("--role", choices=["admin", "standard", "system"], default="admin")
@@ -121,7 +142,14 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if outcomes.get("quarantined") or outcomes.get("deferred") else 0
 
 
-async def _ingest_all(settings, messages, outcomes: Counter[str], total: int | None, *, quiet: bool) -> None:  # type: ignore[no-untyped-def]
+async def _ingest_all(
+    settings: Settings,
+    messages: Iterable[tuple[str, bytes]],
+    outcomes: Counter[str],
+    total: int | None,
+    *,
+    quiet: bool,
+) -> None:
     from gateway.app import Components
     from gateway.intake import Intake
 
@@ -139,7 +167,14 @@ async def _ingest_all(settings, messages, outcomes: Counter[str], total: int | N
     components.dispose()
 
 
-async def _ingest_batch(components, intake, batch, meta, outcomes, advance) -> None:  # type: ignore[no-untyped-def]
+async def _ingest_batch(
+    components: Components,
+    intake: Intake,
+    batch: list[tuple[str, bytes]],
+    meta: dict[str, Any],
+    outcomes: Counter[str],
+    advance: Callable[[], None],
+) -> None:
     # Journaling the batch concurrently shares one commit among its messages (group commit).
     receipts = await asyncio.gather(*(intake.accept(raw, source="file", meta=meta) for _, raw in batch))
     for (label, _), receipt in zip(batch, receipts, strict=False):
@@ -155,17 +190,17 @@ class _progress:
 
     def __init__(self, total: int | None) -> None:
         self._total = total
-        self._bar = None
+        self._bar: Progress | None = None
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> Callable[[], None]:
         if self._total is None:
             return lambda: None
         from rich.progress import Progress
 
-        self._bar = Progress()
-        self._bar.start()
-        task = self._bar.add_task("ingesting", total=self._total)
-        return lambda: self._bar.advance(task)  # type: ignore[union-attr]
+        bar = self._bar = Progress()
+        bar.start()
+        task = bar.add_task("ingesting", total=self._total)
+        return lambda: bar.advance(task)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
@@ -175,7 +210,7 @@ class _progress:
 # --- reading cases -------------------------------------------------------------------------------
 
 
-def _read_engine(settings: Settings):  # type: ignore[no-untyped-def]
+def _read_engine(settings: Settings) -> Engine:
     from store.db import make_engine, upgrade
 
     engine = make_engine(settings.database_url)
@@ -289,9 +324,50 @@ def _quarantine_retry(settings: Settings, args: argparse.Namespace) -> int:
     components = Components.build(settings)
     with transaction(components.journal_engine) as session:
         ids = journal.requeue_quarantined(session=session, journal_id=None if args.all else args.id)
-    outcomes = Counter(components.pipeline.process(journal_id) for journal_id in ids)
+    outcomes = Counter(str(components.pipeline.process(journal_id)) for journal_id in ids)
     print(f"retried {len(ids)}: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
     return 1 if outcomes.get("quarantined") else 0
+
+
+# --- retention and erasure ---------------------------------------------------------------------
+
+
+def _purge(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.app import Components
+    from gateway.retention import purge
+
+    components = Components.build(settings)
+    report = purge(
+        engine=components.engine,
+        journal_engine=components.journal_engine,
+        journal_days=settings.journal_retention_days,
+        outbox_days=settings.outbox_retention_days,
+        dry_run=args.dry_run,
+    )
+    verb = "would drop" if report.dry_run else "dropped"
+    print(f"{verb} the bytes of {report.journal_entries} journal entries and {report.outbox_rows} sent outbox rows")
+    return 0
+
+
+def _erase(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.app import Components
+    from gateway.retention import erase_address, erase_case
+
+    components = Components.build(settings)
+    common = {
+        "engine": components.engine,
+        "journal_engine": components.journal_engine,
+        "blobs": components.blobs,
+        "actor": args.actor,
+        "dry_run": args.dry_run,
+    }
+    report = erase_address(address=args.address, **common) if args.address else erase_case(number=args.case, **common)
+    if report is None:
+        print(f"no case {args.case}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{name} {count}" for name, count in sorted(report.counts.items()))
+    print(("would erase: " if report.dry_run else "erased: ") + counts)
+    return 0
 
 
 # --- panel ---------------------------------------------------------------------------------------

@@ -26,16 +26,16 @@ def iter_raw_messages(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
     """(label, raw bytes) for every message under `paths`, in a stable order."""
     for path in paths:
         if _is_maildir(path):
-            box = mailbox.Maildir(path, factory=None, create=False)
-            for key in sorted(box.keys()):
-                with box.get_file(key) as handle:
+            maildir = mailbox.Maildir(path, factory=None, create=False)
+            for key in sorted(maildir.keys()):
+                with maildir.get_file(key) as handle:
                     yield f"{path}:{key}", handle.read()
         elif path.is_dir():
             yield from iter_raw_messages(sorted(p for p in path.iterdir() if not p.name.startswith(".")))
         elif _is_mbox(path):
-            box = mailbox.mbox(path, factory=None, create=False)
-            for index, key in enumerate(box.keys()):
-                yield f"{path}#{index}", box.get_bytes(key)
+            mbox = mailbox.mbox(path, factory=None, create=False)
+            for index, key in enumerate(mbox.keys()):
+                yield f"{path}#{index}", mbox.get_bytes(key)
         else:
             yield str(path), path.read_bytes()
 

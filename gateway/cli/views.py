@@ -29,6 +29,8 @@ def case_summary(case: Case) -> dict[str, Any]:
         "created_at": _iso(case.created_at),
         "updated_at": _iso(case.updated_at),
         "message_count": case.message_count,
+        # A tombstone left by `gateway erase`: the number stays, the person's data is gone.
+        "erased_at": _iso(case.erased_at),
     }
 
 
