@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 
 from gateway.addresses import ReplyAddresses
 from gateway.intake import Intake
-from gateway.outbound.relay import make_relay
+from gateway.outbound.relay import relay_for
 from gateway.outbound.replies import Replies
 from gateway.outbound.templates import MailTemplates
 from gateway.outbound.worker import OutboxWorker
@@ -100,7 +100,7 @@ class Gateway:
         settings = self.settings
         components = await asyncio.to_thread(Components.build, settings)
         self.components = components
-        relay = make_relay(settings.relay_url, timeout=settings.relay_timeout_seconds)
+        relay = relay_for(settings)
         self.outbox = OutboxWorker(engine=components.engine, settings=settings, relay=relay, replies=components.replies)
         self.runner = PipelineRunner(
             components.pipeline, on_done=self.outbox.wake, max_lag=settings.pipeline_max_lag_seconds

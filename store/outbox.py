@@ -46,6 +46,15 @@ def claim_due(*, session: Session, instance: str, lease: timedelta, limit: int =
     return items
 
 
+def release(*, session: Session, item_id: int, instance: str) -> None:
+    """Hand a claimed row back unattempted (its lease would not cover an attempt any more)."""
+    item = session.get(OutboxItem, item_id)
+    if item is not None and item.status == "sending" and item.claimed_by == instance:
+        item.status = "queued"
+        item.claimed_by = item.claimed_until = None
+        session.add(item)
+
+
 def next_due_at(*, session: Session) -> datetime | None:
     statement = select(func.min(OutboxItem.next_attempt_at)).where(OutboxItem.status == "queued")
     return session.exec(statement).one()

@@ -19,7 +19,8 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from gateway.casetag import strip_leading_tag
-from gateway.outbound.relay import PermanentFailure, Relay, TemporaryFailure, attempt_deadline
+from gateway.metrics import OUTBOX
+from gateway.outbound.relay import PermanentFailure, Relay, RelaySession, TemporaryFailure, attempt_deadline
 from gateway.outbound.replies import Outgoing, Replies
 from gateway.settings import Settings
 from store import cases, outbox
@@ -80,20 +81,45 @@ class OutboxWorker:
             return outbox.next_due_at(session=session)
 
     async def run_once(self) -> int:
-        """Send what is due now; returns how many rows were attempted."""
+        """Send what is due now; returns how many rows were attempted.
+
+        The claimed rows are dealt out to at most `relay_max_connections` lanes; each lane is one
+        relay session (one SMTP connection) that carries its rows one after the other.
+        """
         items = await asyncio.to_thread(self._claim)
-        await asyncio.gather(*(self._attempt(item) for item in items))
+        lanes = max(1, min(self._settings.relay_max_connections, len(items)))
+        await asyncio.gather(*(self._lane(items[number::lanes]) for number in range(lanes)))
         return len(items)
+
+    async def _lane(self, items: list[OutboxItem]) -> None:
+        async with self._relay.session() as connection:
+            for position, item in enumerate(items):
+                if position and not self._lease_covers_an_attempt(item):
+                    # The rows before took long (a slow relay): sending this one now could outlast
+                    # its lease and let another instance send it too. Hand it back unattempted.
+                    await asyncio.to_thread(self._release, item.id or 0)
+                    continue
+                await self._attempt(item, connection)
+
+    def _lease_covers_an_attempt(self, item: OutboxItem) -> bool:
+        if item.claimed_until is None:
+            return False
+        deadline = attempt_deadline(self._settings.relay_timeout_seconds)
+        return (item.claimed_until - utcnow()).total_seconds() > deadline
 
     def _claim(self) -> list[OutboxItem]:
         with transaction(self._engine) as session:
             return list(outbox.claim_due(session=session, instance=self._settings.instance_name, lease=self._lease))
 
-    async def _attempt(self, item: OutboxItem) -> None:
+    def _release(self, item_id: int) -> None:
+        with transaction(self._engine) as session:
+            outbox.release(session=session, item_id=item_id, instance=self._settings.instance_name)
+
+    async def _attempt(self, item: OutboxItem, connection: RelaySession | None = None) -> None:
+        """One delivery attempt of `item`, on `connection` or (without one) on a connection of its own."""
+        sender = connection or self._relay
         try:
-            await self._relay.send(
-                raw=item.raw, mail_from=item.mail_from, recipient=item.recipient, key=f"outbox-{item.id}"
-            )
+            await sender.send(raw=item.raw, mail_from=item.mail_from, recipient=item.recipient, key=f"outbox-{item.id}")
         except TemporaryFailure as error:
             await asyncio.to_thread(self._record_temporary, item.id or 0, str(error))
         except PermanentFailure as error:
@@ -113,6 +139,7 @@ class OutboxWorker:
             item.claimed_by = item.claimed_until = None
             session.add(item)
             cases.mark_outbound_delivery(session=session, outbox_id=item_id, status="sent")
+        OUTBOX.labels(result="sent").inc()
 
     def _ours(self, item: OutboxItem | None) -> bool:
         """Whether this instance still holds the row. A failed attempt must not overwrite what
@@ -129,12 +156,14 @@ class OutboxWorker:
             give_up_at = item.created_at + timedelta(hours=self._settings.outbox_give_up_hours)
             if utcnow() >= give_up_at:
                 self._fail(session, item, f"gave up after {item.attempts} attempts: {error}")
+                OUTBOX.labels(result="failed").inc()
                 return
             item.status = "queued"
             item.next_attempt_at = utcnow() + timedelta(seconds=self.backoff_seconds(item.attempts))
             item.claimed_by = item.claimed_until = None
             session.add(item)
             log.info("outbox: row %s deferred (attempt %d): %s", item_id, item.attempts, error)
+        OUTBOX.labels(result="retried").inc()
 
     def backoff_seconds(self, attempts: int) -> float:
         base = self._settings.outbox_backoff_seconds * 2 ** max(0, attempts - 1)
@@ -143,9 +172,11 @@ class OutboxWorker:
     def _record_failed(self, item_id: int, error: str) -> None:
         with transaction(self._engine) as session:
             item = outbox.get_item(session=session, item_id=item_id)
-            if item is not None and self._ours(item):
-                item.attempts += 1
-                self._fail(session, item, error)
+            if item is None or not self._ours(item):
+                return
+            item.attempts += 1
+            self._fail(session, item, error)
+        OUTBOX.labels(result="failed").inc()
 
     def _fail(self, session: Session, item: OutboxItem, error: str) -> None:
         mark_failed(session=session, item=item, error=error, settings=self._settings, replies=self._replies)
