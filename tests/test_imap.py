@@ -1,5 +1,9 @@
 """The IMAP poller against a real Dovecot: IDLE and polling, after-fetch actions, restarts, UIDVALIDITY,
 bad messages, large mail, TLS. Assertions are on journal rows (byte-exact) and on the server's state.
+
+The database is made by the migrations (`store.db.upgrade`), as `gateway serve` makes it. "Nothing
+more happened" is shown by poll rounds or errors that did happen meanwhile (`polls_pass`,
+`errors_pass`), never by a fixed sleep. Latencies are printed; their bounds belong in `make bench`.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, select
 
-from gateway.imap.poller import MailboxPoller
+from gateway.imap import MailboxPoller
 from gateway.intake import Intake
+from gateway.metrics import REGISTRY
 from store import imap_state
-from store.db import make_engine, transaction
+from store.db import make_engine, transaction, upgrade
 from store.models import ImapState, JournalEntry
 from tests.servers.dovecot import DovecotServer, make_dovecot_fixture
 
@@ -50,7 +55,7 @@ def message(n: int, *, subject: str | None = None) -> bytes:
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
     engine = make_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
-    SQLModel.metadata.create_all(engine)
+    upgrade(engine)  # the schema as the migrations make it, journal included
     return engine
 
 
@@ -83,6 +88,23 @@ async def wait_until(check: Callable[[], object], *, timeout: float = 15.0, what
     return time.monotonic() - start
 
 
+async def polls_pass(poller: MailboxPoller, rounds: int = 2) -> None:
+    """Wait until the poller has completed `rounds` more syncs of the folder."""
+    for _ in range(rounds):
+        before = poller.state.last_poll_at
+        await wait_until(lambda: poller.state.last_poll_at != before, what="another poll round")  # noqa: B023
+
+
+def imap_errors(mailbox: str = "support") -> float:
+    return REGISTRY.get_sample_value("gateway_imap_errors_total", {"mailbox": mailbox}) or 0.0
+
+
+async def errors_pass(count: int = 2, mailbox: str = "support") -> None:
+    """Wait until the poller has recorded `count` more errors (failed reconnects, failed actions)."""
+    target = imap_errors(mailbox) + count
+    await wait_until(lambda: imap_errors(mailbox) >= target, what=f"{count} more IMAP errors")
+
+
 async def wait_rows(engine: Engine, count: int, *, timeout: float = 15.0) -> list[JournalEntry]:
     await wait_until(lambda: len(journal(engine)) >= count, timeout=timeout, what=f"{count} journal rows")
     return await journal_async(engine)
@@ -102,16 +124,8 @@ async def running(poller: MailboxPoller) -> AsyncIterator[asyncio.Task[None]]:
     assert poller.status["state"] == "stopped"
 
 
-def make_poller(
-    dovecot: DovecotServer, engine: Engine, intake: Intake, *, use_idle: bool = True, **settings: object
-) -> MailboxPoller:
-    return MailboxPoller(
-        dovecot.mailbox_settings(**settings),
-        engine=engine,
-        intake=intake,
-        reconnect_max_seconds=2,
-        use_idle=use_idle,
-    )
+def make_poller(dovecot: DovecotServer, engine: Engine, intake: Intake, **settings: object) -> MailboxPoller:
+    return MailboxPoller(dovecot.mailbox_settings(**settings), engine=engine, intake=intake, reconnect_max_seconds=2)
 
 
 async def append(dovecot: DovecotServer, raw: bytes, **kwargs: object) -> int:
@@ -139,13 +153,12 @@ async def test_polling_journals_existing_and_new_mail(dovecot: DovecotServer, en
     before = [message(1), message(2)]
     for raw in before:
         await append(dovecot, raw)
-    poller = make_poller(dovecot, engine, intake, use_idle=False, poll_seconds=0.5)
+    poller = make_poller(dovecot, engine, intake, idle=False, poll_seconds=0.5)
     async with running(poller):
         rows = await wait_rows(engine, 2)
         assert [row.raw for row in rows] == before
         latencies = [await timed_delivery(dovecot, engine, message(n), n) for n in (3, 4, 5)]
         report("polling every 0.5 s:", latencies)
-        assert max(latencies) < 5
         rows = await journal_async(engine)
         # The UID is recorded after the journal row and the flag, a moment later.
         await wait_until(lambda: poller.status["last_uid"] == 5, what="last_uid 5")
@@ -164,14 +177,19 @@ async def test_idle_delivers_within_seconds(dovecot: DovecotServer, engine: Engi
         for n in range(1, 6):
             latencies.append(await timed_delivery(dovecot, engine, message(n), n))
             await wait_until(lambda: poller.status["state"] == "idle", what="back in IDLE")
+        # Each delivery waited at most 10 s (timed_delivery's deadline) with a 120 s poll: IDLE did it.
         report(f"IDLE (safety-net poll every {LONG_POLL:.0f} s):", latencies)
-        assert max(latencies) < 5
-        assert poller.status == {
+        status = poller.status
+        assert status["last_poll_at"] is not None
+        assert {key: value for key, value in status.items() if key != "last_poll_at"} == {
             "state": "idle",
+            "connected": True,
             "last_error": None,
             "last_uid": 5,
             "uidvalidity": dovecot.uidvalidity(),
         }
+        state = poller.state
+        assert (state.name, state.phase, state.connected, state.last_error) == ("support", "idle", True, None)
 
 
 async def test_uid_tracking_not_seen_decides_what_is_new(
@@ -180,7 +198,7 @@ async def test_uid_tracking_not_seen_decides_what_is_new(
     # Mail already \Seen by a human before the gateway ever ran is still new to the gateway...
     first = message(1)
     await append(dovecot, first, flags="(\\Seen)")
-    poller = make_poller(dovecot, engine, intake, use_idle=False, poll_seconds=0.3)
+    poller = make_poller(dovecot, engine, intake, idle=False, poll_seconds=0.3)
     async with running(poller):
         await wait_rows(engine, 1)
     # ...and a UID at or below the recorded one is never fetched again, \Seen or not.
@@ -189,9 +207,10 @@ async def test_uid_tracking_not_seen_decides_what_is_new(
     await append(dovecot, message(2))  # UID 2: counts as done
     third = message(3)
     await append(dovecot, third)
-    async with running(make_poller(dovecot, engine, intake, use_idle=False, poll_seconds=0.3)):
+    second = make_poller(dovecot, engine, intake, idle=False, poll_seconds=0.3)
+    async with running(second):
         rows = await wait_rows(engine, 2)
-        await asyncio.sleep(1)  # a few more poll rounds: nothing else may arrive
+        await polls_pass(second, 3)  # a few more poll rounds: nothing else may arrive
     rows = await journal_async(engine)
     assert [row.raw for row in rows] == [first, third]
     assert [row.meta["uid"] for row in rows] == [1, 3]
@@ -255,14 +274,37 @@ async def test_server_without_idle_move_uidplus(dovecot_minimal: DovecotServer, 
     assert dovecot_minimal.messages() == {}  # copied, flagged \Deleted, expunged
 
 
+async def test_move_into_a_missing_folder_creates_it(dovecot: DovecotServer, engine: Engine, intake: Intake) -> None:
+    """`move:FOLDER` where FOLDER does not exist: created at start-up, and again on TRYCREATE."""
+    assert "Zgłoszenia" not in await asyncio.to_thread(dovecot.folders)
+    first = message(1)
+    await append(dovecot, first)
+    poller = make_poller(dovecot, engine, intake, after_fetch="move:Zgłoszenia", poll_seconds=LONG_POLL)
+    async with running(poller):
+        await wait_rows(engine, 1)
+        await wait_until(lambda: len(dovecot.messages(folder="Zgłoszenia")) == 1, what="moved mail")
+        assert dovecot.messages() == {}
+        # Someone deletes the folder while the poller runs: the next MOVE gets NO [TRYCREATE].
+        await asyncio.to_thread(dovecot.delete_folder, "Zgłoszenia")
+        second = message(2)
+        await append(dovecot, second)
+        await wait_rows(engine, 2)
+        await wait_until(lambda: len(dovecot.messages(folder="Zgłoszenia")) == 1, what="moved again")
+        assert poller.status["last_error"] is None
+    assert dovecot.messages() == {}
+    [uid] = dovecot.messages(folder="Zgłoszenia")
+    assert dovecot.fetch(uid, folder="Zgłoszenia") == second
+
+
 async def test_failed_move_is_logged_not_repeated(dovecot: DovecotServer, engine: Engine, intake: Intake) -> None:
     raw = message(1)
     await append(dovecot, raw)
-    poller = make_poller(dovecot, engine, intake, use_idle=False, after_fetch="move:NoSuchFolder", poll_seconds=0.2)
+    # A name the server refuses to create (maildir++ has no "/" in names): the move cannot work.
+    poller = make_poller(dovecot, engine, intake, idle=False, after_fetch="move:No/Such", poll_seconds=0.2)
     async with running(poller):
         await wait_rows(engine, 1)
-        await asyncio.sleep(1.5)  # several rounds: the journaled message is not fetched again
-        assert "NoSuchFolder" in (poller.status["last_error"] or "")
+        await polls_pass(poller, 3)  # several rounds: the journaled message is not fetched again
+        assert "No/Such" in (poller.status["last_error"] or "")
     assert [row.raw for row in await journal_async(engine)] == [raw]
     assert list(dovecot.messages()) == [1]  # still there, untouched, for a human to see
 
@@ -278,7 +320,7 @@ async def test_journal_down_leaves_the_server_untouched(
     async with running(poller):
         await wait_until(lambda: poller.status["state"] == "error", what="the error state")
         assert "JournalUnavailable" in (poller.status["last_error"] or "")
-        await asyncio.sleep(1.5)  # a retry or two
+        await errors_pass(2)  # a retry or two, each failing the same way
     assert list(dovecot.messages()) == [1]  # not deleted
     assert "\\Seen" not in dovecot.messages()[1] and "\\Deleted" not in dovecot.messages()[1]
     assert state(engine) is None or state(engine).last_uid == 0  # type: ignore[union-attr]
@@ -289,11 +331,12 @@ async def test_journal_down_leaves_the_server_untouched(
     assert rows[0].raw == raw
 
 
-async def test_killed_between_journal_and_flag(dovecot: DovecotServer, engine: Engine) -> None:
-    """A crash after the journal commit, before the flag: the message is fetched again on restart.
+async def test_stopped_between_journal_and_flag(dovecot: DovecotServer, engine: Engine) -> None:
+    """Stopped after the journal commit, before the flag: the message is fetched again on restart.
 
     Both journal rows hold the same bytes, so the pipeline's dedupe (raw SHA-256 / Message-ID)
-    makes one message of them; nothing is lost.
+    makes one message of them; nothing is lost. (The stop is a task cancellation at exactly that
+    point; the SIGKILL of a real `gateway serve` is tests/test_imap_kill.py.)
     """
     raw = message(1)
     await append(dovecot, raw)
@@ -336,7 +379,8 @@ async def test_server_restart_while_polling(dovecot: DovecotServer, engine: Engi
         await asyncio.to_thread(dovecot.stop)
         await wait_until(lambda: poller.status["state"] == "error", what="the error state")
         assert poller.status["last_error"]
-        await asyncio.sleep(2.5)  # several failed reconnects (backoff capped at 2 s here)
+        assert not poller.state.connected
+        await errors_pass(2)  # several failed reconnects (backoff capped at 2 s here)
         await asyncio.to_thread(dovecot.start)
         raw = message(3)
         await append(dovecot, raw)
@@ -442,12 +486,10 @@ async def test_attachment_of_15_mib_plus_one_is_byte_exact(
 async def test_tls_and_starttls(dovecot_tls: DovecotServer, engine: Engine, intake: Intake, security: str) -> None:
     raw = message(1)
     await append(dovecot_tls, raw)
-    poller = MailboxPoller(
-        dovecot_tls.mailbox_settings(security=security, poll_seconds=LONG_POLL),
-        engine=engine,
-        intake=intake,
-        ssl_context=dovecot_tls.ssl_context(),
-    )
+    # Trust comes from the settings: `ca_file` names the server's (self-signed) certificate.
+    settings = dovecot_tls.mailbox_settings(security=security, poll_seconds=LONG_POLL)
+    assert settings.ca_file == dovecot_tls.cert_path
+    poller = MailboxPoller(settings, engine=engine, intake=intake)
     async with running(poller):
         rows = await wait_rows(engine, 1)
         await wait_until(lambda: poller.status["state"] == "idle", what="IDLE over TLS")
@@ -458,8 +500,19 @@ async def test_untrusted_certificate_is_an_error_not_a_crash(
     dovecot_tls: DovecotServer, engine: Engine, intake: Intake
 ) -> None:
     await append(dovecot_tls, message(1))
-    poller = make_poller(dovecot_tls, engine, intake, security="tls")  # system trust store only
+    poller = make_poller(dovecot_tls, engine, intake, security="tls", ca_file=None)  # system trust store only
     async with running(poller):
         await wait_until(lambda: poller.status["state"] == "error", what="the error state")
         assert "CERTIFICATE" in (poller.status["last_error"] or "").upper()
     assert await journal_async(engine) == []
+
+
+async def test_tls_verify_off_accepts_the_self_signed_certificate(
+    dovecot_tls: DovecotServer, engine: Engine, intake: Intake
+) -> None:
+    raw = message(1)
+    await append(dovecot_tls, raw)
+    poller = make_poller(dovecot_tls, engine, intake, security="starttls", ca_file=None, tls_verify=False)
+    async with running(poller):
+        rows = await wait_rows(engine, 1)
+    assert rows[0].raw == raw

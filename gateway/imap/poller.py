@@ -5,60 +5,52 @@ journaled UID) is the source of truth for what is new, not \\Seen. Each message 
 UID order, journaled, then flagged/moved/deleted, then its UID recorded; a crash anywhere in between
 means a re-fetch, which the pipeline's dedupe makes harmless. IDLE is used where offered, polling
 otherwise; a re-sync every `poll_seconds` is the safety net either way. Any failure drops the
-connection and reconnects with exponential backoff; nothing here ends the process.
+connection and reconnects with exponential backoff; nothing here ends the process, and one
+mailbox's trouble (a refused password, a revoked OAuth2 grant) never touches the others.
 
 With several instances on PostgreSQL, one poller per mailbox works at a time: it holds an advisory
 lock on a database connection of its own for as long as it polls; the others stand by and try
 again every few seconds, so when the holder dies (and its connection with it) one takes over.
 
-aioimaplib 2.0.3 notes that shape this module:
-- a pending command never completes when the connection drops (it only times out), so every call
-  is raced against the connection-lost callback (`_call`);
-- IMAP4_SSL takes no conn_lost_cb, so TLS uses IMAP4(ssl_context=...); STARTTLS is not implemented
-  by the library and is done here with loop.start_tls;
-- FETCH literals arrive as a separate item in `response.lines`, right after the line ending `{n}`.
+The wire (TLS, SASL, literals, aioimaplib's quirks) is `client.py`'s business; tokens are `oauth.py`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import ssl
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-import aioimaplib
 from sqlalchemy import Connection, Engine
 
+from gateway.imap.client import COMMAND_TIMEOUT_SECONDS, ConnectionLost, ImapClient, ImapError, MissingFolder
+from gateway.imap.oauth import OAuthTokens
 from gateway.intake import Intake
+from gateway.metrics import IMAP_ERRORS, IMAP_POLLS
 from gateway.settings import MailboxSettings
 from store import imap_state
 from store.db import transaction
 from store.locks import try_lock, unlock
+from store.models import utcnow
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# Servers drop idle clients after 30 minutes (RFC 3501 §5.4); re-issue IDLE before that.
-MAX_IDLE_SECONDS = 29 * 60.0
-COMMAND_TIMEOUT_SECONDS = 30.0
 FIRST_BACKOFF_SECONDS = 1.0
 STANDBY_SECONDS = 3.0  # how often a standing-by instance tries to take a mailbox over
 
-_UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY (\d+)\]")
-_LITERAL_RE = re.compile(rb"BODY\[\] \{(\d+)\}$")
-_UID_RE = re.compile(rb"UID (\d+)")
-_PUSH_RE = re.compile(rb"^\d+ (EXISTS|RECENT)\b")
 
+@dataclass(frozen=True)
+class MailboxState:
+    """What an operator sees of one mailbox (/healthz, /status): a snapshot, safe to keep."""
 
-class ImapError(Exception):
-    """The server refused a command or answered something we cannot use."""
-
-
-class ConnectionLost(ImapError):
-    """The server closed the connection (shutdown, restart, idle timeout, network)."""
+    name: str
+    # starting | standby | connecting | polling | idle | waiting | error | stopped
+    phase: str
+    connected: bool  # logged in right now
+    last_poll_at: datetime | None  # the end of the last complete sync of the folder
+    last_error: str | None  # None once a connection has worked again
 
 
 class MailboxPoller:
@@ -69,25 +61,21 @@ class MailboxPoller:
         engine: Engine,
         intake: Intake,
         reconnect_max_seconds: float = 60,
-        ssl_context: ssl.SSLContext | None = None,
-        use_idle: bool = True,
         command_timeout: float = COMMAND_TIMEOUT_SECONDS,
     ) -> None:
         self._mailbox = mailbox
         self._engine = engine
         self._intake = intake
         self._reconnect_max = reconnect_max_seconds
-        # None: the system's trust store (ssl.create_default_context) for tls/starttls.
-        self._ssl_context = ssl_context
-        # False forces polling even where the server offers IDLE (tests, servers with broken IDLE).
-        self._use_idle = use_idle
         self._timeout = command_timeout
-        self._state = "starting"
+        self._tokens = OAuthTokens(mailbox, engine=engine) if mailbox.auth != "password" else None
+        self._phase = "starting"
+        self._connected = False
+        self._last_poll_at: datetime | None = None
         self._last_error: str | None = None
         self._uidvalidity = 0
         self._last_uid = 0
-        self._lost: asyncio.Future[Exception | None] | None = None
-        self._ready = False  # the current connection has completed a sync
+        self._synced_once = False  # the current connection has completed a sync
 
     @property
     def mailbox(self) -> MailboxSettings:
@@ -98,10 +86,22 @@ class MailboxPoller:
         return self._mailbox.name
 
     @property
+    def state(self) -> MailboxState:
+        return MailboxState(
+            name=self.name,
+            phase=self._phase,
+            connected=self._connected,
+            last_poll_at=self._last_poll_at,
+            last_error=self._last_error,
+        )
+
+    @property
     def status(self) -> dict[str, Any]:
-        """What /healthz shows for this mailbox."""
+        """What /healthz shows for this mailbox (JSON-ready)."""
         return {
-            "state": self._state,
+            "state": self._phase,
+            "connected": self._connected,
+            "last_poll_at": self._last_poll_at.isoformat() if self._last_poll_at else None,
             "last_error": self._last_error,
             "last_uid": self._last_uid,
             "uidvalidity": self._uidvalidity,
@@ -114,7 +114,7 @@ class MailboxPoller:
             while True:
                 lease = await asyncio.to_thread(self._take_lease)
                 if lease is None:
-                    self._state = "standby"  # another instance polls this mailbox
+                    self._phase = "standby"  # another instance polls this mailbox
                     await asyncio.sleep(STANDBY_SECONDS)
                     continue
                 try:
@@ -122,7 +122,8 @@ class MailboxPoller:
                 finally:
                     await asyncio.to_thread(self._return_lease, lease)
         finally:
-            self._state = "stopped"
+            self._phase = "stopped"
+            self._connected = False
 
     def _lock_name(self) -> str:
         return f"imap:{self.name}"
@@ -150,15 +151,17 @@ class MailboxPoller:
     async def _poll_forever(self) -> None:
         backoff = FIRST_BACKOFF_SECONDS
         while True:
-            self._ready = False
             try:
                 await self._load_state()
                 await self._session()
+                continue  # the session ended on purpose (its token is due for renewal): at once
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # whatever went wrong, the answer is: reconnect later
                 self._record_error(error)
-            if self._ready:
+            finally:
+                self._connected = False
+            if self._synced_once:
                 backoff = FIRST_BACKOFF_SECONDS  # that session worked: a fresh failure
             log.info("mailbox %s: reconnecting in %.0f s", self.name, backoff)
             await asyncio.sleep(backoff)
@@ -166,9 +169,16 @@ class MailboxPoller:
 
     def _record_error(self, error: BaseException) -> None:
         text = f"{type(error).__name__}: {error}".rstrip(": ")
-        self._state = "error"
+        self._phase = "error"
         self._last_error = text
+        IMAP_ERRORS.labels(mailbox=self.name).inc()
         log.warning("mailbox %s: %s", self.name, text)
+
+    def _record_problem(self, text: str) -> None:
+        """A message-level problem: the mailbox keeps working, but an operator should see it."""
+        self._last_error = text
+        IMAP_ERRORS.labels(mailbox=self.name).inc()
+        log.error("mailbox %s: %s", self.name, text)
 
     async def _load_state(self) -> None:
         state = await asyncio.to_thread(self._read_state)
@@ -191,119 +201,75 @@ class MailboxPoller:
     # --- one connection ---------------------------------------------------------------------------
 
     async def _session(self) -> None:
-        self._state = "connecting"
-        client = await self._connect()
+        """Connect, log in, sync and wait until the connection fails (raises) or the OAuth2 access
+        token is due for renewal (returns: the caller reconnects at once with a fresh one)."""
+        self._synced_once = False
+        self._phase = "connecting"
+        client = ImapClient(self._mailbox, timeout=self._timeout)
+        await client.open()
         try:
-            await self._login(client)
+            await self._authenticate(client)
+            self._connected = True
             self._last_error = None  # connected again: earlier trouble is over
-            use_idle = self._use_idle and client.has_capability("IDLE")
+            await self._prepare_target_folder(client)
+            use_idle = self._mailbox.idle and client.has_capability("IDLE")
             while True:
                 await self._sync(client)
-                self._ready = True
+                self._synced_once = True
+                wait = self._mailbox.poll_seconds
+                renew_in = self._tokens.seconds_until_refresh() if self._tokens else None
+                if renew_in is not None:
+                    if renew_in <= 0:
+                        return
+                    wait = min(wait, renew_in)
                 if use_idle:
-                    await self._idle(client)
+                    self._phase = "idle"
+                    await client.idle(wait)
                 else:
-                    self._state = "waiting"
-                    await self._call(asyncio.sleep(self._mailbox.poll_seconds), bounded=False)
+                    self._phase = "waiting"
+                    await client.wait(wait)
         finally:
-            await self._close(client)
+            await client.close()
 
-    async def _connect(self) -> aioimaplib.IMAP4:
-        loop = asyncio.get_running_loop()
-        lost: asyncio.Future[Exception | None] = loop.create_future()
-        self._lost = lost
-
-        def on_lost(error: Exception | None) -> None:
-            if not lost.done():
-                lost.set_result(error)
-
-        security = self._mailbox.security
-        context = self._tls_context() if security == "tls" else None
-        client = aioimaplib.IMAP4(
-            host=self._mailbox.host,
-            port=self._mailbox.port,
-            timeout=self._timeout,
-            conn_lost_cb=on_lost,
-            ssl_context=context,
-        )
+    async def _authenticate(self, client: ImapClient) -> None:
+        if self._tokens is None:
+            password = await asyncio.to_thread(self._mailbox.resolved_password)
+            await client.login(password)
+            return
+        token = await self._tokens.access_token()
         try:
-            await self._call(client.wait_hello_from_server())
-            if security == "starttls":
-                await self._starttls(client)
-        except BaseException:
-            await self._close(client)  # e.g. a server that accepts but never greets
+            await client.authenticate_bearer(self._mailbox.auth.upper(), token)
+        except ImapError as error:
+            if not isinstance(error, ConnectionLost):
+                self._tokens.invalidate()  # revoked or expired early: refresh before the next try
             raise
-        return client
 
-    def _tls_context(self) -> ssl.SSLContext:
-        return self._ssl_context or ssl.create_default_context()
-
-    async def _starttls(self, client: aioimaplib.IMAP4) -> None:
-        protocol = client.protocol
-        if "STARTTLS" not in protocol.capabilities:
-            raise ImapError("server does not offer STARTTLS")
-        command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
-        _expect_ok(await self._call(protocol.execute(command)), "STARTTLS")
-        transport = await self._call(
-            protocol.loop.start_tls(
-                protocol.transport, protocol, self._tls_context(), server_hostname=self._mailbox.host
-            )
-        )
-        protocol.transport = transport
-        # Capabilities seen before TLS must be forgotten (RFC 3501 §6.2.1).
-        await self._call(protocol.capability())
-
-    async def _login(self, client: aioimaplib.IMAP4) -> None:
-        mailbox = self._mailbox
-        password = await asyncio.to_thread(mailbox.resolved_password)
-        response = await self._call(client.login(aioimaplib.quoted(mailbox.user), password))
-        _expect_ok(response, "LOGIN")
-        # The LOGIN reply's [CAPABILITY ...] is parsed sloppily by aioimaplib; ask again.
-        await self._call(client.protocol.capability())
-
-    async def _close(self, client: aioimaplib.IMAP4) -> None:
+    async def _prepare_target_folder(self, client: ImapClient) -> None:
+        """For `move:FOLDER`, create the folder if it does not exist yet (RFC 3501 CREATE)."""
+        folder = self._move_target()
+        if folder is None:
+            return
         try:
-            if self._lost is not None and not self._lost.done():
-                await asyncio.wait_for(client.logout(), timeout=2)
-        except Exception:  # the server may already be gone; closing is best effort
-            pass
-        finally:
-            transport = client.protocol.transport
-            if transport is not None:
-                transport.close()
-            client._client_task.cancel()  # still connecting, if the greeting never came
-            for task in list(client.tasks) + list(client.protocol.tasks):
-                task.cancel()
-
-    async def _call(self, awaitable: Awaitable[T], *, bounded: bool = True) -> T:
-        """Await an aioimaplib call, but fail at once if the connection drops meanwhile.
-
-        `bounded`: also give up after the command timeout (not for FETCH, whose aioimaplib
-        timeout restarts with every chunk so large mail can take its time, nor for waits).
-        """
-        task = asyncio.ensure_future(asyncio.wait_for(awaitable, self._timeout) if bounded else awaitable)
-        lost = self._lost
-        waiting: set[asyncio.Future[Any]] = {task} if lost is None else {task, lost}
-        try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
+            if await client.create(folder):
+                log.info("mailbox %s: created folder %s for after_fetch", self.name, folder)
+        except ConnectionLost:
             raise
-        if task.done():
-            return task.result()
-        task.cancel()
-        assert lost is not None
-        raise ConnectionLost(f"connection closed by the server ({lost.result() or 'EOF'})")
+        except ImapError as error:
+            # Not fatal: the folder may exist under rules CREATE does not know; the move will tell.
+            self._record_problem(f"folder {folder} could not be created: {error}")
+
+    def _move_target(self) -> str | None:
+        action = self._mailbox.after_fetch
+        return action.removeprefix("move:") if action.startswith("move:") else None
 
     # --- the work -----------------------------------------------------------------------------------
 
-    async def _sync(self, client: aioimaplib.IMAP4) -> None:
+    async def _sync(self, client: ImapClient) -> None:
         """Journal every message with a UID above the stored one, one at a time, in UID order."""
-        self._state = "polling"
+        self._phase = "polling"
+        IMAP_POLLS.labels(mailbox=self.name).inc()
         # Re-SELECT every round: it costs one round trip and re-reads UIDVALIDITY each time.
-        response = await self._call(client.select(aioimaplib.quoted(self._mailbox.folder)))
-        _expect_ok(response, "SELECT")
-        uidvalidity = _uidvalidity(response)
+        uidvalidity = await client.select(self._mailbox.folder)
         if uidvalidity != self._uidvalidity:
             if self._uidvalidity:
                 log.warning(
@@ -313,29 +279,18 @@ class MailboxPoller:
                     uidvalidity,
                 )
             await self._save_state(uidvalidity, 0)
-        for uid in await self._new_uids(client):
+        for uid in await client.uids_above(self._last_uid):
             await self._ingest(client, uid)
+        self._last_poll_at = utcnow()
 
-    async def _new_uids(self, client: aioimaplib.IMAP4) -> list[int]:
-        response = await self._call(client.uid_search("UID", f"{self._last_uid + 1}:*", charset=None))
-        _expect_ok(response, "UID SEARCH")
-        uids: set[int] = set()
-        for line in response.lines[:-1]:  # the last line is the tagged status text
-            text = bytes(line).removeprefix(b"SEARCH").strip()
-            if re.fullmatch(rb"[\d ]*", text):
-                uids.update(int(part) for part in text.split())
-        # "n:*" always matches the highest UID, even when it is below n.
-        return sorted(uid for uid in uids if uid > self._last_uid)
-
-    async def _ingest(self, client: aioimaplib.IMAP4, uid: int) -> None:
+    async def _ingest(self, client: ImapClient, uid: int) -> None:
         try:
-            raw = await self._fetch(client, uid)
+            raw = await client.fetch(uid)
+        except ConnectionLost:
+            raise
         except ImapError as error:
-            if isinstance(error, ConnectionLost):
-                raise
             # One unreadable message must not block the mailbox. It stays on the server untouched.
-            log.error("mailbox %s: UID %d could not be fetched, skipped: %s", self.name, uid, error)
-            self._last_error = f"UID {uid}: {error}"
+            self._record_problem(f"UID {uid} could not be fetched, skipped: {error}")
             return
         meta = {"mailbox": self.name, "uid": uid, "uidvalidity": self._uidvalidity}
         # Raises JournalUnavailable: then nothing is done on the server and run() backs off.
@@ -343,118 +298,28 @@ class MailboxPoller:
         await self._after_fetch(client, uid)
         await self._save_state(self._uidvalidity, uid)
 
-    async def _fetch(self, client: aioimaplib.IMAP4, uid: int) -> bytes:
-        # BODY.PEEK so that fetching alone never sets \Seen; the action decides what happens.
-        # No overall timeout: aioimaplib's FETCH timeout is per chunk, so large mail is fine.
-        response = await self._call(client.uid("fetch", str(uid), "(UID BODY.PEEK[])"), bounded=False)
-        _expect_ok(response, f"UID FETCH {uid}")
-        raw = _literal_for(response.lines, uid)
-        if raw is None:
-            raise ImapError("no such message (expunged meanwhile?)")
-        return raw
-
-    async def _after_fetch(self, client: aioimaplib.IMAP4, uid: int) -> None:
+    async def _after_fetch(self, client: ImapClient, uid: int) -> None:
         action = self._mailbox.after_fetch
         try:
+            folder = self._move_target()
             if action == "flag":
-                await self._store(client, uid, "\\Seen")
+                await client.add_flag(uid, "\\Seen")
             elif action == "delete":
-                await self._store(client, uid, "\\Deleted")
-                await self._expunge(client, uid)
-            else:
-                await self._move(client, uid, action.removeprefix("move:"))
+                await client.delete(uid)
+            elif folder is not None:
+                await self._move(client, uid, folder)
+        except ConnectionLost:
+            raise
         except ImapError as error:
-            if isinstance(error, ConnectionLost):
-                raise
             # The message is journaled: recording its UID stops an endless re-fetch; the message
             # just stays where it is on the server, which an operator can see in the log.
-            log.error("mailbox %s: %s on UID %d failed: %s", self.name, action, uid, error)
-            self._last_error = f"{action} UID {uid}: {error}"
+            self._record_problem(f"{action} UID {uid} failed: {error}")
 
-    async def _store(self, client: aioimaplib.IMAP4, uid: int, flag: str) -> None:
-        response = await self._call(client.uid("store", str(uid), "+FLAGS.SILENT", f"({flag})"))
-        _expect_ok(response, "UID STORE")
-
-    async def _expunge(self, client: aioimaplib.IMAP4, uid: int) -> None:
-        if client.has_capability("UIDPLUS"):
-            response = await self._call(client.uid("expunge", str(uid)))
-        else:
-            # Without UIDPLUS this also removes other \Deleted mail in the folder; the operator
-            # chose "delete" or "move", so deleted mail there is ours to remove.
-            response = await self._call(client.expunge())
-        _expect_ok(response, "EXPUNGE")
-
-    async def _move(self, client: aioimaplib.IMAP4, uid: int, folder: str) -> None:
-        target = aioimaplib.quoted(folder)
-        if client.has_capability("MOVE"):
-            _expect_ok(await self._call(client.uid("move", str(uid), target)), "UID MOVE")
-            return
-        _expect_ok(await self._call(client.uid("copy", str(uid), target)), "UID COPY")
-        await self._store(client, uid, "\\Deleted")
-        await self._expunge(client, uid)
-
-    async def _idle(self, client: aioimaplib.IMAP4) -> None:
-        """Wait in IDLE until the server reports new mail or the safety-net interval is over."""
-        seconds = min(self._mailbox.poll_seconds, MAX_IDLE_SECONDS)
-        queue = client.protocol.idle_queue
-        while not queue.empty():  # pushes from an earlier IDLE, already covered by the sync since
-            queue.get_nowait()
-        idle = await self._call(client.idle_start(timeout=seconds))
-        self._state = "idle"
+    async def _move(self, client: ImapClient, uid: int, folder: str) -> None:
         try:
-            await self._wait_for_push(client, seconds)
-        finally:
-            if self._lost is not None and not self._lost.done():
-                client.idle_done()
-        _expect_ok(await self._call(idle), "IDLE")
-
-    async def _wait_for_push(self, client: aioimaplib.IMAP4, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while (remaining := deadline - loop.time()) > 0:
-            try:
-                lines = await self._call(client.wait_server_push(timeout=remaining), bounded=False)
-            except TimeoutError:
-                return
-            if lines == aioimaplib.STOP_WAIT_SERVER_PUSH:  # idle_start's own timer
-                return
-            if any(_PUSH_RE.match(bytes(line)) for line in lines):
-                return
-            # anything else ("OK Still here", flag changes by other clients): keep waiting
-
-
-def _expect_ok(response: aioimaplib.Response, what: str) -> None:
-    if response.result != "OK":
-        detail = b" ".join(bytes(line) for line in response.lines[-1:]).decode(errors="replace")
-        raise ImapError(f"{what}: {response.result} {detail}".strip())
-
-
-def _uidvalidity(response: aioimaplib.Response) -> int:
-    for line in response.lines:
-        match = _UIDVALIDITY_RE.search(bytes(line))
-        if match:
-            return int(match.group(1))
-    raise ImapError("SELECT did not report UIDVALIDITY")
-
-
-def _literal_for(lines: list[Any], uid: int) -> bytes | None:
-    """The BODY[] literal of `uid` in a FETCH response.
-
-    aioimaplib puts a literal in `lines` as its own item right after the line that announced it
-    (`5 FETCH (UID 9 BODY[] {1234}`); other untagged FETCHes (flag changes by other clients) may
-    be interleaved, so the UID is checked on the announcing line or the line closing the item.
-    """
-    for index, line in enumerate(lines[:-1]):
-        if not isinstance(line, bytes):
-            continue
-        match = _LITERAL_RE.search(line)
-        if match is None:
-            continue
-        literal = lines[index + 1]
-        if len(literal) != int(match.group(1)):
-            continue
-        closing = lines[index + 2] if index + 2 < len(lines) else b""
-        found = _UID_RE.search(line) or _UID_RE.search(bytes(closing))
-        if found and int(found.group(1)) == uid:
-            return bytes(literal)
-    return None
+            await client.move(uid, folder)
+        except MissingFolder:
+            # Deleted (or renamed) since start-up: create it again and retry once.
+            await client.create(folder)
+            log.info("mailbox %s: re-created folder %s on TRYCREATE", self.name, folder)
+            await client.move(uid, folder)

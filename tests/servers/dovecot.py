@@ -13,6 +13,7 @@ Test-side IMAP (APPEND, flag listing) uses stdlib imaplib, as an MTA's delivery 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import imaplib
 import os
@@ -61,11 +62,19 @@ def doveadm_binary() -> str | None:
     return None
 
 
+class DovecotMissing(RuntimeError):
+    """Dovecot is a required part of the suite: a test that needs it errors, it is never skipped."""
+
+
 def require_dovecot() -> str:
     binary = dovecot_binary()
     if binary is None:
-        pytest.skip("dovecot is not installed (`make test` installs dovecot-imapd from Debian)")
+        raise DovecotMissing("dovecot is not installed (`make test` installs dovecot-imapd from Debian)")
     return binary
+
+
+class PortTaken(RuntimeError):
+    """Another process bound the port picked for this Dovecot before Dovecot did."""
 
 
 @dataclass(frozen=True)
@@ -133,10 +142,14 @@ class DovecotServer:
     tls: bool = False
     # Appended to the generated dovecot.conf, e.g. "imap_capability = IMAP4rev1" (no IDLE, MOVE).
     extra_config: str = ""
+    # An RFC 7662 introspection URL: adds Dovecot's oauth2 passdb (XOAUTH2, OAUTHBEARER) next to
+    # the password file; Dovecot POSTs `token=...` there and wants {"active": true, "username": ...}.
+    oauth_introspection_url: str | None = None
     port: int = field(default_factory=free_port)
     tls_port: int | None = None
     cert_path: Path | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _started_once: bool = field(default=False, repr=False)
 
     @property
     def conf_path(self) -> Path:
@@ -186,13 +199,14 @@ class DovecotServer:
         else:
             ssl_lines = "ssl = no\n"
             imaps = "  inet_listener imaps {\n    port = 0\n  }\n"
+        mechanisms = "plain login xoauth2 oauthbearer" if self.oauth_introspection_url else "plain login"
         return (
             f"base_dir = {root / 'run'}\n"
             f"state_dir = {root / 'state'}\n"
             f"log_path = {self.log_path}\n"
             "protocols = imap\n"
             "listen = 127.0.0.1\n" + ssl_lines + "disable_plaintext_auth = no\n"
-            "auth_mechanisms = plain login\n"
+            f"auth_mechanisms = {mechanisms}\n"
             f"default_internal_user = {ids.internal_user}\n"
             f"default_login_user = {ids.login_user}\n"
             # The mail user may be a system account below the default first_valid_uid (500).
@@ -202,9 +216,15 @@ class DovecotServer:
             "auth_failure_delay = 0\n"
             "mail_max_userip_connections = 100\n"
             "passdb {\n  driver = passwd-file\n"
-            f"  args = scheme=PLAIN username_format=%u {root / 'users'}\n}}\n"
+            # With the oauth2 passdb, each passdb serves its own mechanisms; the static userdb then
+            # cannot ask "a" passdb whether a user exists (doveadm), so it accepts every user.
+            + ("  mechanisms = plain login\n" if self.oauth_introspection_url else "")
+            + f"  args = scheme=PLAIN username_format=%u {root / 'users'}\n}}\n"
+            f"{self._oauth_passdb()}"
             "userdb {\n  driver = static\n"
-            f"  args = uid={ids.mail_uid} gid={ids.mail_gid} home={self.mail_root}/%u\n}}\n"
+            f"  args = uid={ids.mail_uid} gid={ids.mail_gid} home={self.mail_root}/%u"
+            + (" allow_all_users=yes" if self.oauth_introspection_url else "")
+            + "\n}\n"
             "service imap-login {\n"
             f"  inet_listener imap {{\n    address = 127.0.0.1\n    port = {self.port}\n  }}\n"
             + imaps
@@ -212,12 +232,46 @@ class DovecotServer:
             + self.extra_config
         )
 
+    def _oauth_passdb(self) -> str:
+        if not self.oauth_introspection_url:
+            return ""
+        conf = self.root / "dovecot-oauth2.conf.ext"
+        conf.write_text(
+            f"introspection_url = {self.oauth_introspection_url}\n"
+            "introspection_mode = post\n"
+            # Without a tokeninfo_url, every login asks the introspection endpoint.
+            "force_introspection = yes\n"
+            "username_attribute = username\n"
+            "active_attribute = active\n"
+            "active_value = true\n",
+            encoding="utf-8",
+        )
+        conf.chmod(0o644)
+        return f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {conf}\n}}\n"
+
     def start(self) -> None:
         if self._process is not None:
             raise RuntimeError("dovecot is already running")
         if not self.conf_path.exists():
             self.prepare()
         binary = require_dovecot()
+        for _attempt in range(3):
+            try:
+                self._spawn(binary)
+                return
+            except PortTaken:
+                # Dovecot cannot listen on port 0 and report it, so its ports are picked free
+                # beforehand; another process may take one meanwhile: pick again (first start only,
+                # a restart must keep the ports its clients know).
+                if self._started_once:
+                    raise
+                self.port = free_port()
+                if self.tls:
+                    self.tls_port = free_port()
+                self.conf_path.write_text(self._config(_identities()), encoding="utf-8")
+        raise RuntimeError(f"dovecot found no free port:\n{self.diagnostics()}")
+
+    def _spawn(self, binary: str) -> None:
         with open(self.root / "dovecot.stderr", "ab") as stderr:  # the child keeps its own copy
             self._process = subprocess.Popen(
                 [binary, "-F", "-c", str(self.conf_path)],
@@ -228,13 +282,18 @@ class DovecotServer:
                 start_new_session=True,
             )
         self._wait_ready()
+        self._started_once = True
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise RuntimeError(f"dovecot exited at start:\n{self.diagnostics()}")
+                self._process = None
+                diagnostics = self.diagnostics()
+                if "Address already in use" in diagnostics[-2000:]:
+                    raise PortTaken(diagnostics)
+                raise RuntimeError(f"dovecot exited at start:\n{diagnostics}")
             if _greets(self.port):
                 return
             time.sleep(0.05)
@@ -311,6 +370,18 @@ class DovecotServer:
         with self.client(user) as connection:
             _ok(connection.create(_quote(folder)))
 
+    def folders(self, *, user: str = "support") -> set[str]:
+        """The names of every folder of `user` (LIST; names decoded from modified UTF-7)."""
+        with self.client(user) as connection:
+            typ, data = connection.list()
+            _ok((typ, data))
+        names = set()
+        for line in data:
+            match = re.search(rb'"[^"]*" "?(.*?)"?$', line or b"")
+            if match:
+                names.add(_decode_utf7(match.group(1).decode("ascii")))
+        return names
+
     def delete_folder(self, folder: str, *, user: str = "support") -> None:
         with self.client(user) as connection:
             _ok(connection.delete(_quote(folder)))
@@ -359,7 +430,7 @@ class DovecotServer:
         """
         doveadm = doveadm_binary()
         if doveadm is None:
-            pytest.skip("doveadm is not installed")
+            raise DovecotMissing("doveadm is not installed (it comes with dovecot-core)")
         new_value = value if value is not None else self.uidvalidity(user=user, folder=folder) + 1000
         subprocess.run(
             [
@@ -396,7 +467,10 @@ class DovecotServer:
         values.update(overrides)
         if values["security"] == "tls" and "port" not in overrides:
             values["port"] = self.tls_port
-        values.setdefault("password", self.users[values["user"]])
+        if values["security"] != "none" and self.cert_path is not None:
+            values.setdefault("ca_file", self.cert_path)  # trust this server's self-signed certificate
+        if values.get("auth", "password") == "password":
+            values.setdefault("password", self.users[values["user"]])
         return MailboxSettings(**values)
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -406,8 +480,44 @@ class DovecotServer:
         return ssl.create_default_context(cafile=str(self.cert_path))
 
 
+def _encode_utf7(name: str) -> str:
+    """A folder name in IMAP's modified UTF-7 (RFC 3501 §5.1.3): "Zgłoszenia" is "Zg&AUI-oszenia"."""
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            data = base64.b64encode("".join(pending).encode("utf-16-be")).decode("ascii")
+            out.append("&" + data.rstrip("=").replace("/", ",") + "-")
+            pending.clear()
+
+    for char in name:
+        if 0x20 <= ord(char) <= 0x7E:
+            flush()
+            out.append("&-" if char == "&" else char)
+        else:
+            pending.append(char)
+    flush()
+    return "".join(out)
+
+
+def _decode_utf7(name: str) -> str:
+    """IMAP's modified UTF-7 (RFC 3501 §5.1.3) to str: "&AUI-" is "ł"."""
+
+    def decode(match: re.Match[str]) -> str:
+        chunk = match.group(1)
+        if not chunk:
+            return "&"
+        data = chunk.replace(",", "/")
+        data += "=" * (-len(data) % 4)
+        return base64.b64decode(data).decode("utf-16-be")
+
+    return re.sub(r"&([^-]*)-", decode, name)
+
+
 def _quote(mailbox: str) -> str:
     """imaplib sends mailbox names as they are; a space would split the argument."""
+    mailbox = _encode_utf7(mailbox)
     return '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -456,7 +566,11 @@ def _greets(port: int) -> bool:
 
 @contextlib.contextmanager
 def running_dovecot(
-    *, users: dict[str, str] | None = None, tls: bool = False, extra_config: str = ""
+    *,
+    users: dict[str, str] | None = None,
+    tls: bool = False,
+    extra_config: str = "",
+    oauth_introspection_url: str | None = None,
 ) -> Iterator[DovecotServer]:
     """Start a fresh Dovecot; stop it and delete everything it kept on exit."""
     require_dovecot()
@@ -465,6 +579,7 @@ def running_dovecot(
         users=dict(users or DEFAULT_USERS),
         tls=tls,
         extra_config=extra_config,
+        oauth_introspection_url=oauth_introspection_url,
     )
     try:
         server.prepare()
