@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
 
@@ -26,6 +29,12 @@ from gateway.settings import Settings
 from store import db
 from store.blobs import BlobStore, make_blob_store
 from store.secrets import get_or_create_secret
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from gateway.http import HttpDeps, HttpServer
+    from gateway.imap.poller import MailboxPoller
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +92,19 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.components: Components | None = None
-        self.smtp_server: asyncio.AbstractServer | None = None
-        self.http_server = None
-        self.pollers: list = []
+        self.smtp_server: asyncio.Server | None = None
+        self.http_server: HttpServer | None = None
+        self.pollers: list[MailboxPoller] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._scheduler = None
+        self._scheduler: AsyncIOScheduler | None = None
         self.runner: PipelineRunner | None = None
         self.outbox: OutboxWorker | None = None
         self.intake: Intake | None = None
 
     async def start(self) -> None:
-        from gateway.http import build_http_server
+        # Imported here, not at the top: the CLI's other commands use Components and should not
+        # pay for importing uvicorn, FastAPI and aioimaplib (about half a second).
+        from gateway.http import start_http_server
         from gateway.jobs import build_scheduler, pending_journal_ids
         from gateway.smtp import start_smtp_server
 
@@ -121,7 +132,11 @@ class Gateway:
         self.smtp_server = await start_smtp_server(
             settings=settings, intake=self.intake, addresses=components.addresses
         )
-        self.http_server = await build_http_server(self)
+        self.http_server = await start_http_server(
+            self._http_deps(components, self.intake), host=settings.http_host, port=settings.http_port
+        )
+        # Port 0 in the settings means any free port: from here on they name the ports actually bound.
+        settings.smtp_port, settings.http_port = self.smtp_port, self.http_port
         self._scheduler = build_scheduler(
             engine=components.engine,
             journal_engine=components.journal_engine,
@@ -139,8 +154,40 @@ class Gateway:
             settings.http_port,
             components.engine.url.render_as_string(hide_password=True),
         )
+        if settings.ports_file is not None:
+            # Written aside and renamed, so a reader never sees half a file.
+            partial = settings.ports_file.with_name(settings.ports_file.name + ".partial")
+            partial.write_text(json.dumps({"smtp": self.smtp_port, "http": self.http_port}))
+            partial.replace(settings.ports_file)
 
-    def _build_pollers(self) -> list:
+    @property
+    def smtp_port(self) -> int:
+        """The SMTP port bound (the settings may ask for 0, any free port)."""
+        assert self.smtp_server is not None and self.smtp_server.sockets
+        return int(self.smtp_server.sockets[0].getsockname()[1])
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP port bound (the settings may ask for 0, any free port)."""
+        assert self.http_server is not None
+        return self.http_server.port
+
+    def _http_deps(self, components: Components, intake: Intake) -> HttpDeps:
+        """Everything the HTTP routes work with, built once the engines and the intake exist."""
+        from gateway.http import HttpDeps
+        from gateway.panel.deps import PanelDeps
+
+        panel = PanelDeps(
+            settings=self.settings,
+            engine=components.engine,
+            journal_engine=components.journal_engine,
+            blobs=components.blobs,
+            intake=intake,
+            panel_secret=components.panel_secret,
+        )
+        return HttpDeps(panel=panel, health=self.health)
+
+    def _build_pollers(self) -> list[MailboxPoller]:
         if not self.settings.imap_mailboxes:
             return []
         from gateway.imap.poller import MailboxPoller
@@ -151,7 +198,7 @@ class Gateway:
             for mailbox in self.settings.imap_mailboxes
         ]
 
-    def _spawn(self, coroutine, name: str) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(coroutine, name=name))
 
     def database_ready(self) -> bool:
@@ -164,7 +211,7 @@ class Gateway:
         except Exception:
             return False
 
-    def health(self) -> tuple[bool, dict]:
+    def health(self) -> tuple[bool, dict[str, Any]]:
         listening = self.smtp_server is not None and self.smtp_server.is_serving()
         database = self.database_ready()
         body = {
