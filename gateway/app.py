@@ -63,7 +63,12 @@ class Components:
         with db.transaction(engine) as session:
             signing_secret = settings.signing_secret or get_or_create_secret(session=session, key="signing_secret")
             panel_secret = settings.panel_secret or get_or_create_secret(session=session, key="panel_secret")
-        addresses = ReplyAddresses(support_address=settings.support_address, secret=signing_secret)
+        addresses = ReplyAddresses(
+            support_address=settings.support_address,
+            secret=signing_secret,
+            staff_queue_address=settings.staff_queue_address,
+            staff_token_days=settings.staff_token_days,
+        )
         templates = MailTemplates(
             builtin_dir=TEMPLATES_DIR,
             override_dir=settings.template_dir,
