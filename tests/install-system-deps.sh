@@ -15,6 +15,7 @@ command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || missing+=(dove
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v pg_lsclusters >/dev/null 2>&1 || missing+=(postgresql)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies config/support-gateway.service
 if [ ${#missing[@]} -gt 0 ]; then
   need_root "missing Debian packages: ${missing[*]}"
   apt-get update -qq
