@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 
 from gateway.app import Gateway
 from gateway.settings import Settings, load_settings
-from tests.helpers import BACKEND, PG_SERVER_URL, STAFF, STAFF_QUEUE, SUPPORT, free_port
+from tests.helpers import BACKEND, PG_SERVER_URL, STAFF, STAFF_QUEUE, SUPPORT
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -47,8 +47,9 @@ def settings_factory(tmp_path: Path, database_url: str):  # type: ignore[no-unty
         values: dict[str, Any] = {
             "database_url": database_url,
             "data_dir": tmp_path / "data",
-            "smtp_port": free_port(),
-            "http_port": free_port(),
+            # Any free port: Gateway.start() binds port 0 and writes the ports it got back here.
+            "smtp_port": 0,
+            "http_port": 0,
             "relay_url": f"maildir:{tmp_path / 'sent'}",
             "support_address": SUPPORT,
             "staff_addresses": [STAFF, "@staff.example.test"],

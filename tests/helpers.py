@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import email
 import os
+import re
 import socket
 from email import policy
 from email.message import EmailMessage
@@ -150,8 +151,18 @@ def engine_of(gateway: Gateway):  # type: ignore[no-untyped-def]
 
 
 def sent_mail(settings: Settings) -> list[bytes]:
-    """Everything the maildir relay delivered, oldest first."""
+    """Everything the maildir relay delivered, in the order the outbox queued it.
+
+    The relay names each file after its outbox row (`outbox-<id>.<host>`) and row ids only grow, so
+    they order the mail without ties; file times can tie within one clock tick.
+    """
     new = Path(settings.relay_url.removeprefix("maildir:")) / "new"
     if not new.is_dir():
         return []
-    return [path.read_bytes() for path in sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns)]
+    return [path.read_bytes() for path in sorted(new.iterdir(), key=_delivery_order)]
+
+
+def _delivery_order(path: Path) -> int:
+    row = re.match(r"outbox-(\d+)\.", path.name)
+    assert row is not None, f"not a file the maildir relay writes: {path.name}"
+    return int(row.group(1))
