@@ -173,7 +173,7 @@ async def test_customer_mail_notifies_the_staff_queue(gateway, settings):
     assert f"[#{number}]" in str(notification["Subject"])
     assert notification["From"].addresses[0].addr_spec == SUPPORT
     staff_address = staff_address_of(notification)
-    assert re.fullmatch(rf"bok\+s-{number}-[a-z2-7]{{16}}@example\.test", staff_address)
+    assert re.fullmatch(rf"bok\+s-{number}-\d{{5,6}}-[a-z2-7]{{16}}@example\.test", staff_address)
     assert "Nie mogę wysłać poczty, błąd 535." in plain(notification)
     assert CUSTOMER in plain(notification)
     assert attachment_names(notification) == ["zrzut.png"]
