@@ -277,10 +277,12 @@ async def test_server_without_idle_move_uidplus(dovecot_minimal: DovecotServer, 
 async def test_move_into_a_missing_folder_creates_it(dovecot: DovecotServer, engine: Engine, intake: Intake) -> None:
     """`move:FOLDER` where FOLDER does not exist: created at start-up, and again on TRYCREATE."""
     assert "Zgłoszenia" not in await asyncio.to_thread(dovecot.folders)
-    first = message(1)
-    await append(dovecot, first)
     poller = make_poller(dovecot, engine, intake, after_fetch="move:Zgłoszenia", poll_seconds=LONG_POLL)
     async with running(poller):
+        await wait_until(lambda: poller.status["state"] == "idle", what="IDLE")
+        assert "Zgłoszenia" in await asyncio.to_thread(dovecot.folders)  # created at start-up
+        first = message(1)
+        await append(dovecot, first)
         await wait_rows(engine, 1)
         await wait_until(lambda: len(dovecot.messages(folder="Zgłoszenia")) == 1, what="moved mail")
         assert dovecot.messages() == {}
