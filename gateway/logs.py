@@ -66,7 +66,7 @@ class TextFormatter(logging.Formatter):
             line += " [" + " ".join(f"{name}={value}" for name, value in context.items()) + "]"
         if record.exc_info:
             # A traceback stays one event: its lines are indented under the message.
-            line += "\n" + self.formatException(record.exc_info).replace("\n", "\n    ")
+            line += "\n    " + self.formatException(record.exc_info).replace("\n", "\n    ")
         return line
 
 
@@ -136,10 +136,12 @@ class StormFilter(logging.Filter):
             storm.sample = record
             return False
 
-    def _summarise_expired(self, now: float) -> None:
+    def _summarise_expired(self, now: float, *, everything: bool = False) -> None:
         with self._lock:
             expired = [
-                (key, storm) for key, storm in self._storms.items() if now - storm.started >= self.window_seconds
+                (key, storm)
+                for key, storm in self._storms.items()
+                if everything or now - storm.started >= self.window_seconds
             ]
             for key, storm in expired:
                 if storm.suppressed:
@@ -166,7 +168,17 @@ class StormFilter(logging.Filter):
 
     def flush(self) -> None:
         """Write the pending summaries now, whatever the window (at exit)."""
-        self._summarise_expired(float("inf"))
+        self._summarise_expired(self._clock(), everything=True)
+
+    def start_ticking(self) -> None:
+        """Summarise a storm that has stopped even when no other line comes after it (a daemon thread)."""
+
+        def tick() -> None:
+            while True:
+                time.sleep(max(self.window_seconds / 2, 0.1))
+                self._summarise_expired(self._clock())
+
+        threading.Thread(target=tick, name="log-storms", daemon=True).start()
 
 
 class _StormHandler(logging.StreamHandler[TextIO]):
@@ -189,10 +201,12 @@ def configure_logging(
     storms = StormFilter(storm_seconds, handler.handle)
     handler.storm_filter = storms
     handler.addFilter(storms)
+    storms.start_ticking()
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-        old.close()
+        if isinstance(old, _StormHandler):  # ours from an earlier call; others are their owners' to close
+            old.close()
     root.addHandler(handler)
     root.setLevel(level if isinstance(level, int) else level.upper())
     for name in _QUIET_LOGGERS:

@@ -65,7 +65,12 @@ class SmtpHandler:
         try:
             receipt = await self._intake.accept(raw, source="smtp", meta=meta)
         except JournalUnavailable:
+            log.warning("journal unavailable: 451 to the sender", extra={"peer": meta["peer"]})
             return "451 4.3.0 Temporary storage failure, please try again later"
+        log.debug(
+            "message journaled",
+            extra={"journal_id": receipt.journal_id, "peer": meta["peer"], "size": len(raw)},
+        )
         return f"250 2.0.0 Ok: queued as {receipt.journal_id}"
 
 

@@ -18,6 +18,7 @@ import resource
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,19 @@ TOO_MANY_FROM_YOU = "421 4.7.0 {hostname} Too many connections from your address
 STRESS_SHARE = 0.8
 # Descriptors kept free beyond the SMTP sessions: database, journal files, HTTP, IMAP, logs.
 FD_RESERVE = 256
+# When the house is full, a newcomer takes the place of the session that has waited longest for a
+# command, if it has waited at least this long: idle connections cannot lock senders out.
+EVICT_IDLE_SECONDS = 2.0
+
+
+class Evictable(Protocol):
+    """What the gate needs of a session to make room: since when it waits for a command, and a way out."""
+
+    peer_ip: str
+
+    def idle_since(self) -> float | None: ...
+
+    def evict(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,8 @@ class ConnectionGate:
         self._per_ip: Counter[str] = Counter()
         self.refused = 0
         self.timed_out = 0
+        self.evicted = 0
+        self._sessions: set[Evictable] = set()
 
     @property
     def stressed(self) -> bool:
@@ -59,7 +75,7 @@ class ConnectionGate:
 
     def admit(self, ip: str) -> str | None:
         """Count the session in and return None, or return why it is refused (a 421 template)."""
-        if self.max_total > 0 and self.total >= self.max_total:
+        if self.max_total > 0 and self.total >= self.max_total and not self._evict_idlest():
             reason = TOO_MANY_CONNECTIONS
         elif self.max_per_ip > 0 and self._per_ip[ip] >= self.max_per_ip:
             reason = TOO_MANY_FROM_YOU
@@ -71,6 +87,29 @@ class ConnectionGate:
         # One template per cause, so a flood of refusals is one line plus a summary (gateway.logs).
         log.warning("SMTP connection refused: %s", reason.split(" ", 3)[3], extra={"peer": ip})
         return reason
+
+    def track(self, session: Evictable) -> None:
+        self._sessions.add(session)
+
+    def _evict_idlest(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        waiting = [(since, session) for session in self._sessions if (since := session.idle_since()) is not None]
+        if not waiting:
+            return False
+        since, idlest = min(waiting, key=lambda pair: pair[0])
+        if now - since < EVICT_IDLE_SECONDS:
+            return False
+        self.evicted += 1
+        log.warning("SMTP house full: idle session closed to make room", extra={"peer": idlest.peer_ip})
+        self.forget(idlest)
+        idlest.evict()
+        return True
+
+    def forget(self, session: Evictable) -> None:
+        """The session is over (or evicted): its place is free from now on. Safe to call twice."""
+        if session in self._sessions:
+            self._sessions.discard(session)
+            self.release(session.peer_ip)
 
     def release(self, ip: str) -> None:
         self.total -= 1

@@ -50,10 +50,16 @@ class DataReader:
         self.finished = False
         self._at_line_start = True  # the previous piece ended with CRLF (or DATA just began)
         self._after_cr = False  # the previous piece ended with CR (a CRLF may straddle two pieces)
+        self._held = b""  # "." or ".\r" at a line start, not yet known to be the end or a stuffing dot
 
     def feed(self, piece: bytes) -> None:
         """One piece: a line up to and including LF, or a fragment without LF."""
+        if self._held:
+            piece, self._held = self._held + piece, b""
         if not piece:
+            return
+        if self._at_line_start and piece in (b".", b".\r"):
+            self._held = piece  # could still become the final ".\r\n": wait for the next piece
             return
         if self._at_line_start and piece[:1] == b".":
             if piece == b".\r\n":
@@ -87,9 +93,11 @@ class GatewaySMTP(SMTP):
         super().__init__(handler, timeout=timeouts.command_seconds, **options)
         self._gate = gate
         self._timeouts = timeouts
-        self._peer_ip = peer_ip
+        self.peer_ip = peer_ip
         self._greeted = False
-        self._released = False
+        self._in_data = False  # reading or journaling a message: never evicted then
+        self._last_activity = self.loop.time()
+        gate.track(self)
 
     # --- timeouts ---------------------------------------------------------------------------------
 
@@ -101,16 +109,24 @@ class GatewaySMTP(SMTP):
                 duration = self._timeouts.greeting_seconds
             else:
                 duration = self._timeouts.current(self._gate.stressed)
+        self._last_activity = self.loop.time()
         super()._reset_timeout(duration)
 
+    def idle_since(self) -> float | None:
+        return None if self._in_data else self._last_activity
+
+    def evict(self) -> None:
+        if self.transport is not None:
+            assert isinstance(self.transport, asyncio.WriteTransport)
+            self.transport.write(f"421 4.4.2 {self.hostname} Idle too long, closing connection\r\n".encode())
+            self.transport.close()
+
     def _timeout_cb(self) -> None:
-        self._gate.note_timeout(self._peer_ip)
+        self._gate.note_timeout(self.peer_ip)
         super()._timeout_cb()
 
     def connection_lost(self, error: Exception | None) -> None:
-        if not self._released:
-            self._released = True
-            self._gate.release(self._peer_ip)
+        self._gate.forget(self)
         super().connection_lost(error)
 
     async def push(self, status: AnyStr) -> None:
@@ -135,12 +151,19 @@ class GatewaySMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        reader = DataReader(self.data_size_limit)
+        self._in_data = True
+        try:
+            await self._receive(DataReader(self.data_size_limit))
+        finally:
+            self._in_data = False
+
+    async def _receive(self, reader: DataReader) -> None:
+        assert self.envelope is not None
         await self._read_data(reader)
         if not reader.finished:  # the connection went away mid-DATA
             return
         if reader.too_big:
-            log.info("DATA over SIZE refused", extra={"peer": self._peer_ip, "size": reader.size})
+            log.info("DATA over SIZE refused", extra={"peer": self.peer_ip, "size": reader.size})
             self._set_post_data_state()
             await self.push(SIZE_EXCEEDED)
             return
@@ -165,7 +188,7 @@ class GatewaySMTP(SMTP):
             except asyncio.IncompleteReadError:
                 return  # EOF before the final dot: nothing is acknowledged
             except asyncio.CancelledError:
-                log.debug("connection lost during DATA", extra={"peer": self._peer_ip})
+                log.debug("connection lost during DATA", extra={"peer": self.peer_ip})
                 self._writer.close()
                 raise
             reader.feed(piece)
