@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.parse import ParsedMessage
+from store.states import VerdictKind
 
 LOOP_HEADER = "X-Support-Gateway-Loop"
 
@@ -26,12 +27,12 @@ class MailFacts:
 
 @dataclass(frozen=True)
 class Verdict:
-    kind: str  # loop | bounce | list | auto_reply | staff | customer
+    kind: VerdictKind
     reasons: tuple[str, ...]
 
     @property
     def automatic(self) -> bool:
-        return self.kind not in ("staff", "customer")
+        return self.kind not in (VerdictKind.STAFF, VerdictKind.CUSTOMER)
 
 
 def _header(facts: MailFacts, name: str) -> str:
@@ -104,25 +105,25 @@ def from_staff(facts: MailFacts) -> bool:
 
 
 # (rule, kind) in order of precedence: the first match decides the kind.
-RULES: tuple[tuple[Callable[[MailFacts], bool], str], ...] = (
-    (our_loop_marker, "loop"),
-    (from_our_own_address, "loop"),
-    (delivery_status_report, "bounce"),
-    (mailer_daemon, "bounce"),
-    (null_reverse_path, "bounce"),
-    (list_id, "list"),
-    (precedence_bulk, "list"),
-    (auto_submitted, "auto_reply"),
-    (precedence_auto_reply, "auto_reply"),
-    (other_machine_report, "auto_reply"),
-    (auto_response_suppress, "auto_reply"),
-    (autoreply_headers, "auto_reply"),
-    (from_staff, "staff"),
+RULES: tuple[tuple[Callable[[MailFacts], bool], VerdictKind], ...] = (
+    (our_loop_marker, VerdictKind.LOOP),
+    (from_our_own_address, VerdictKind.LOOP),
+    (delivery_status_report, VerdictKind.BOUNCE),
+    (mailer_daemon, VerdictKind.BOUNCE),
+    (null_reverse_path, VerdictKind.BOUNCE),
+    (list_id, VerdictKind.LIST),
+    (precedence_bulk, VerdictKind.LIST),
+    (auto_submitted, VerdictKind.AUTO_REPLY),
+    (precedence_auto_reply, VerdictKind.AUTO_REPLY),
+    (other_machine_report, VerdictKind.AUTO_REPLY),
+    (auto_response_suppress, VerdictKind.AUTO_REPLY),
+    (autoreply_headers, VerdictKind.AUTO_REPLY),
+    (from_staff, VerdictKind.STAFF),
 )
 
 
 def classify(facts: MailFacts) -> Verdict:
     matched = [(rule.__name__, kind) for rule, kind in RULES if rule(facts)]
     if not matched:
-        return Verdict(kind="customer", reasons=())
+        return Verdict(kind=VerdictKind.CUSTOMER, reasons=())
     return Verdict(kind=matched[0][1], reasons=tuple(name for name, _ in matched))

@@ -22,6 +22,7 @@ from store import journal
 from store.db import reading, transaction
 from store.locks import cluster_lock
 from store.models import Case, utcnow
+from store.states import CaseStatus
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,14 @@ def auto_close(engine: Engine, *, settings: Settings, replies: Replies) -> int:
     with transaction(engine) as session:
         statement = (
             select(Case)
-            .where(Case.status == "answered", col(Case.updated_at) < idle_before)
+            .where(Case.status == CaseStatus.ANSWERED, col(Case.updated_at) < idle_before)
             .order_by(col(Case.id))
             .limit(200)
         )
         if session.get_bind().dialect.name == "postgresql":
             statement = statement.with_for_update(skip_locked=True)
         for case in session.exec(statement).all():
-            case.status, case.closed_at, case.updated_at = "closed", utcnow(), utcnow()
+            case.status, case.closed_at, case.updated_at = CaseStatus.CLOSED, utcnow(), utcnow()
             session.add(case)
             # It follows our answer, which went unanswered: thread it under that.
             in_reply_to, references = conversation(session=session, case=case, answer_latest=True)

@@ -104,7 +104,9 @@ class Pipeline:
     @staticmethod
     def _mark_journal(session: Session, finished: ProcessedEntry) -> None:
         reason = f"duplicate of #{finished.duplicate_of}" if finished.duplicate_of else None
-        journal.finish(session=session, journal_id=finished.journal_id, status=finished.outcome, reason=reason)
+        journal.finish(
+            session=session, journal_id=finished.journal_id, status=JournalStatus(finished.outcome), reason=reason
+        )
 
     def _older_pending(self, session: Session, journal_id: int) -> bool:
         if self._shared_journal:

@@ -99,6 +99,7 @@ class Recorder:
         """The case message, and everyone on its From/To/Cc (but us) as participants of the case."""
         parsed, entry = inbound.parsed, inbound.entry
         message = Message(
+            case_id=case.id or 0,  # the case is flushed: it has its id
             journal_id=entry.id,
             direction=direction,
             source="staff" if direction == Direction.NOTE else _message_source(entry.source),

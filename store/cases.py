@@ -6,7 +6,8 @@ Keyword-only arguments, an explicit session, never a commit. Every lookup on the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -24,7 +25,7 @@ from store.models import (
 )
 
 
-def _upsert(session: Session):  # type: ignore[no-untyped-def]
+def _upsert(session: Session) -> Callable[..., Any]:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
@@ -34,8 +35,8 @@ def next_case_number(*, session: Session, year: int) -> str:
     statement = (
         insert(CaseNumberCounter)
         .values(year=year, last=1)
-        .on_conflict_do_update(index_elements=["year"], set_={"last": CaseNumberCounter.__table__.c.last + 1})
-        .returning(CaseNumberCounter.__table__.c.last)
+        .on_conflict_do_update(index_elements=["year"], set_={"last": col(CaseNumberCounter.last) + 1})
+        .returning(col(CaseNumberCounter.last))
     )
     last = session.execute(statement).scalar_one()
     return f"{year}-{last:06d}"
@@ -89,7 +90,8 @@ def add_participants(*, session: Session, case_id: int, emails: Iterable[str]) -
 
 
 def add_message(*, session: Session, case: Case, message: Message) -> Message:
-    message.case_id = case.id  # type: ignore[assignment]
+    assert case.id is not None, "the case is flushed before its messages"
+    message.case_id = case.id
     session.add(message)
     case.message_count += 1
     session.add(case)

@@ -12,6 +12,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from store.models import JournalEntry, utcnow
+from store.states import JournalStatus
 
 
 def get_entry(*, session: Session, journal_id: int) -> JournalEntry | None:
@@ -25,7 +26,9 @@ def claim_pending(*, session: Session, journal_id: int) -> bool:
     SQLite has one writer at a time, so the status check alone decides. Only the id is read: the
     caller has the raw bytes already, and reading a 60 MiB value again costs several times that.
     """
-    statement = select(JournalEntry.id).where(JournalEntry.id == journal_id, JournalEntry.status == "pending")
+    statement = select(JournalEntry.id).where(
+        JournalEntry.id == journal_id, JournalEntry.status == JournalStatus.PENDING
+    )
     if session.get_bind().dialect.name == "postgresql":
         statement = statement.with_for_update(skip_locked=True)
     return session.exec(statement).first() is not None
@@ -33,15 +36,17 @@ def claim_pending(*, session: Session, journal_id: int) -> bool:
 
 def has_older_pending(*, session: Session, journal_id: int) -> bool:
     """Whether an entry acknowledged before this one still waits to be processed (anywhere)."""
-    statement = select(JournalEntry.id).where(JournalEntry.status == "pending", JournalEntry.id < journal_id)
+    statement = select(JournalEntry.id).where(
+        JournalEntry.status == JournalStatus.PENDING, col(JournalEntry.id) < journal_id
+    )
     return session.exec(statement.limit(1)).first() is not None
 
 
-def finish(*, session: Session, journal_id: int, status: str, reason: str | None = None) -> None:
+def finish(*, session: Session, journal_id: int, status: JournalStatus, reason: str | None = None) -> None:
     """Mark a pending entry done or duplicate (a no-op if it is not pending any more)."""
     session.execute(
         update(JournalEntry)
-        .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == "pending")
+        .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == JournalStatus.PENDING)
         .values(status=status, reason=reason, attempts=JournalEntry.attempts + 1, processed_at=utcnow())
     )
 
@@ -49,9 +54,9 @@ def finish(*, session: Session, journal_id: int, status: str, reason: str | None
 def quarantine(*, session: Session, journal_id: int, reason: str) -> None:
     session.execute(
         update(JournalEntry)
-        .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == "pending")
+        .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == JournalStatus.PENDING)
         .values(
-            status="quarantined",
+            status=JournalStatus.QUARANTINED,
             reason=reason[:4000],
             attempts=JournalEntry.attempts + 1,
             processed_at=utcnow(),
@@ -60,23 +65,25 @@ def quarantine(*, session: Session, journal_id: int, reason: str) -> None:
 
 
 def pending_ids(*, session: Session, received_before: datetime | None = None, limit: int = 500) -> Sequence[int]:
-    statement = select(JournalEntry.id).where(JournalEntry.status == "pending")
+    statement = select(JournalEntry.id).where(JournalEntry.status == JournalStatus.PENDING)
     if received_before is not None:
         statement = statement.where(JournalEntry.received_at < received_before)
     return [id_ for id_ in session.exec(statement.order_by(col(JournalEntry.id)).limit(limit)) if id_]
 
 
 def list_quarantined(*, session: Session) -> Sequence[JournalEntry]:
-    statement = select(JournalEntry).where(JournalEntry.status == "quarantined").order_by(col(JournalEntry.id))
+    statement = (
+        select(JournalEntry).where(JournalEntry.status == JournalStatus.QUARANTINED).order_by(col(JournalEntry.id))
+    )
     return session.exec(statement).all()
 
 
 def requeue_quarantined(*, session: Session, journal_id: int | None = None) -> list[int]:
     """Put quarantined entries (one, or all when journal_id is None) back to pending."""
-    statement = select(JournalEntry.id).where(JournalEntry.status == "quarantined")
+    statement = select(JournalEntry.id).where(JournalEntry.status == JournalStatus.QUARANTINED)
     if journal_id is not None:
         statement = statement.where(JournalEntry.id == journal_id)
     ids = [id_ for id_ in session.exec(statement) if id_ is not None]
     if ids:
-        session.execute(update(JournalEntry).where(col(JournalEntry.id).in_(ids)).values(status="pending"))
+        session.execute(update(JournalEntry).where(col(JournalEntry.id).in_(ids)).values(status=JournalStatus.PENDING))
     return ids

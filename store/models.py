@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from store.states import CaseStatus, JournalStatus, OutboxStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -63,8 +65,8 @@ class JournalEntry(SQLModel, table=True):
     # Envelope, trace and producer facts kept apart from the raw bytes so they stay byte-exact:
     # mail_from, rcpt_tos, peer, received (our trace line), panel identity, imap mailbox/uid.
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    # pending -> done | duplicate | quarantined (quarantined -> pending again on retry)
-    status: str = Field(default="pending", max_length=12)
+    # store.states.JournalStatus: pending -> done | duplicate | quarantined (-> pending again on retry)
+    status: str = Field(default=JournalStatus.PENDING, max_length=12)
     reason: str | None = Field(default=None, sa_column=Column(Text))
     attempts: int = 0
     processed_at: datetime | None = None
@@ -83,7 +85,7 @@ class ProcessedEntry(SQLModel, table=True):
     __table_args__ = (Index("ix_processed_entry_msgid_sender", "message_id", "sender"),)
 
     journal_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
-    outcome: str = Field(max_length=12)  # done | duplicate
+    outcome: str = Field(max_length=12)  # store.states.Outcome: done | duplicate
     raw_sha256: str = Field(index=True, max_length=64)
     message_id: str | None = Field(default=None, max_length=998)
     sender: str | None = Field(default=None, max_length=320)
@@ -110,7 +112,7 @@ class Case(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     number: str = Field(unique=True, max_length=20)
     subject: str = Field(default="", sa_column=Column(Text, nullable=False))
-    status: str = Field(default="open", max_length=10)  # open | answered | closed
+    status: str = Field(default=CaseStatus.OPEN, max_length=10)  # store.states.CaseStatus
     requester: str = Field(index=True, max_length=320)  # lower-case address
     requester_name: str = ""
     language: str = Field(default="pl", max_length=8)
@@ -143,7 +145,7 @@ class Message(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     case_id: int = Field(foreign_key="support_case.id", index=True)
     journal_id: int | None = Field(default=None, index=True)  # the journal may be another database
-    direction: str = Field(max_length=10)  # inbound | outbound | note
+    direction: str = Field(max_length=10)  # store.states.Direction: inbound | outbound | note
     source: str = Field(max_length=10)  # smtp | imap | panel | staff | system | file
     message_id: str = Field(index=True, max_length=998)  # without angle brackets
     sender: str = Field(default="", max_length=320)  # lower-case address of From
@@ -220,7 +222,7 @@ class OutboxItem(SQLModel, table=True):
     recipient: str = Field(max_length=320)  # envelope recipient, lower-case
     message_id: str = Field(unique=True, max_length=998)  # fixed before the first attempt
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    status: str = Field(default="queued", max_length=10)  # queued | sending | sent | failed
+    status: str = Field(default=OutboxStatus.QUEUED, max_length=10)  # store.states.OutboxStatus
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow)
     claimed_by: str | None = Field(default=None, max_length=200)
