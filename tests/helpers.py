@@ -28,7 +28,8 @@ from store.db import reading
 from store.models import JournalEntry, OutboxItem
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "corpus"
+CORPUS = REPO.parent / "shared" / "corpus"  # optional: tests that need it skip, naming it, when absent
+FIXTURES = REPO / "tests" / "fixtures"  # mail the project ships for its own tests
 PG_SERVER_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 BACKEND = os.environ.get("GATEWAY_TEST_BACKEND", "sqlite")
 SUPPORT = "bok@example.test"

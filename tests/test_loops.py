@@ -6,7 +6,6 @@ us, and delivery status notifications (bounces) of our own outgoing mail.
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -21,7 +20,7 @@ from gateway.settings import Settings
 from store.db import reading, transaction
 from store.models import Case, OutboxItem, utcnow
 from tests.helpers import (
-    CORPUS,
+    FIXTURES,
     STAFF_QUEUE,
     SUPPORT,
     all_cases,
@@ -110,7 +109,9 @@ async def test_mail_from_a_person_is_answered(gateway, settings, headers):
 
 async def test_our_automatic_mail_says_it_is_automatic(gateway, settings):
     await deliver(gateway, settings, make_mail(sender=CUSTOMER))
-    for message in parsed_sent(settings):
+    sent = parsed_sent(settings)
+    assert sorted(str(m["To"]) for m in sent) == sorted([CUSTOMER, STAFF_QUEUE])  # the ack and the notification
+    for message in sent:
         assert message["Auto-Submitted"] == "auto-replied"
         assert message["X-Auto-Response-Suppress"] == "All"
         assert message["X-Support-Gateway-Loop"] == SUPPORT
@@ -285,19 +286,20 @@ async def test_a_delay_notice_does_not_mark_the_message_failed(gateway, settings
     assert _ack_row(gateway).status == "sent"
 
 
-async def test_a_corpus_bounce_adapted_to_our_message(gateway, settings):
+async def test_an_exim_bounce_returning_our_whole_message(gateway, settings):
+    """An Exim-style DSN (tests/fixtures/bounces/) that returns our acknowledgement whole, as
+    message/rfc822, and names it in its References: our Message-ID put where the sender's was."""
     case, ack = await _case_with_ack(gateway, settings)
-    ack_id = parsed(ack)["Message-ID"]
-    raw = (CORPUS / "mikel-mail" / "multipart_report_emails" / "report_530.eml").read_bytes()
-    # The returned headers of the corpus bounce now name our acknowledgement.
-    raw = re.sub(
-        rb"(?m)^Message-Id: <200712232303\.lBNN3jDq002941@mail12\.rrrr\.com\.au>",
-        b"Message-Id: " + str(ack_id).encode(),
-        raw,
-        count=1,
-    )
-    raw = raw.replace(b"To: <mikel@sssss.net>", b"To: <" + SUPPORT.encode() + b">", 1)
+    ack_id = str(parsed(ack)["Message-ID"]).strip("<>")
+    raw = (FIXTURES / "bounces" / "exim_returned_message.eml").read_bytes()
+    assert raw.count(b"<ORIGINAL-MESSAGE-ID>") == 2  # References and the returned Message-Id
+    raw = raw.replace(b"<ORIGINAL-MESSAGE-ID>", f"<{ack_id}>".encode())
+    mail_count = len(sent_mail(settings))
     await deliver(gateway, settings, raw, mail_from="")
     [after] = all_cases(gateway)
+    assert after["number"] == case["number"]
     assert after["status"] == "open" and after["message_count"] == 3
     assert outbound(gateway, case["number"])[0]["delivery_status"] == "failed"
+    row = _ack_row(gateway)
+    assert row.status == "failed" and "5.1.1" in (row.last_error or "")
+    assert [str(parsed(m)["To"]) for m in sent_mail(settings)[mail_count:]] == [STAFF_QUEUE]  # staff told, nobody else
