@@ -12,15 +12,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from email.charset import QP, Charset
-from email.encoders import encode_base64
-from email.header import Header
-from email.message import Message as Message_
-from email.mime.base import MIMEBase
-from email.mime.multipart import MIMEMultipart
-from email.mime.nonmultipart import MIMENonMultipart
-from email.policy import compat32
-from email.utils import formataddr, formatdate, make_msgid
+from email.utils import formatdate
 from typing import Any
 
 from sqlmodel import Session, select
@@ -28,9 +20,11 @@ from sqlmodel import Session, select
 from gateway.addresses import ReplyAddresses
 from gateway.casetag import tagged_subject
 from gateway.classify import LOOP_HEADER
+from gateway.outbound.compose import AttachmentRef, address_header, compose, encoded_text, new_message_id
 from gateway.outbound.templates import MailTemplates
 from gateway.settings import Settings
 from store import cases, outbox
+from store.blobs import BlobStore, make_blob_store
 from store.models import Case, Message, OutboxItem, utcnow
 
 MAX_REFERENCES = 20  # keep References from growing without bound in long threads
@@ -38,9 +32,14 @@ MAX_REFERENCES = 20  # keep References from growing without bound in long thread
 
 @dataclass(frozen=True)
 class OutgoingAttachment:
+    """A file to send along. The outbox row refers to it by SHA-256 and never holds a copy: when
+    `sha256` is not given, the content is stored as a blob first (identical files share one)."""
+
     filename: str
     content_type: str
-    content: bytes
+    content: bytes = field(default=b"", repr=False)
+    sha256: str | None = None
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,10 +92,18 @@ def outbound_message(*, session: Session, outbox_id: int) -> Message | None:
 
 
 class Replies:
-    def __init__(self, *, settings: Settings, templates: MailTemplates, addresses: ReplyAddresses) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        templates: MailTemplates,
+        addresses: ReplyAddresses,
+        blobs: BlobStore | None = None,
+    ) -> None:
         self._settings = settings
         self._templates = templates
         self._addresses = addresses
+        self._blobs = blobs or make_blob_store(settings.blob_store, settings.data_dir)
 
     @property
     def loop_marker(self) -> str:
@@ -111,9 +118,13 @@ class Replies:
             return None
         rendered = self._templates.render(mail.kind, language=case.language, context=self._context(case, mail))
         subject = tagged_subject(case.number, rendered.subject)
-        message = self._build(case=case, mail=mail, subject=subject, text=rendered.text, html=rendered.html)
-        raw = as_wire_bytes(message)
-        message_id = str(message["Message-ID"]).strip("<>")
+        message_id = new_message_id(self._settings.support_domain)
+        raw = compose(
+            headers=self._headers(case=case, mail=mail, subject=subject, message_id=message_id),
+            text=rendered.text,
+            html=rendered.html,
+            attachments=[self._stored(session, attachment) for attachment in mail.attachments],
+        )
         item = outbox.enqueue(
             session=session,
             item=OutboxItem(
@@ -165,76 +176,32 @@ class Replies:
             **mail.context,
         }
 
-    def _build(self, *, case: Case, mail: Outgoing, subject: str, text: str, html: str | None) -> Message_:
-        # Built with the compat32 classes: headers are written as given (RFC 2047-encoded where
-        # needed) instead of being parsed and refolded by the header registry, which cost more
-        # than everything else the pipeline does for a message.
-        message = _body(text, html, mail.attachments)
-        message["From"] = formataddr((self._settings.support_name, self._settings.support_address), "utf-8")
-        message["To"] = mail.recipient
-        message["Subject"] = _encoded(subject)
-        message["Date"] = formatdate(usegmt=True)
-        message["Message-ID"] = make_msgid(domain=self._settings.support_domain)
+    def _stored(self, session: Session, attachment: OutgoingAttachment) -> AttachmentRef:
+        sha256, size = attachment.sha256, attachment.size
+        if sha256 is None:
+            sha256 = self._blobs.put(session=session, content=attachment.content)
+            size = len(attachment.content)
+        return AttachmentRef(attachment.filename, attachment.content_type, sha256, size or 0)
+
+    def _headers(self, *, case: Case, mail: Outgoing, subject: str, message_id: str) -> list[tuple[str, str]]:
+        settings = self._settings
         if mail.to_staff:
             reply_to = self._addresses.for_staff(number=case.number)
         else:
             reply_to = self._addresses.for_customer(number=case.number, customer=mail.recipient)
-        message["Reply-To"] = formataddr((self._settings.support_name, reply_to), "utf-8")
+        headers = [
+            ("From", address_header(settings.support_name, settings.support_address)),
+            ("To", address_header("", mail.recipient)),
+            ("Subject", encoded_text(subject)),
+            ("Date", formatdate(usegmt=True)),
+            ("Message-ID", f"<{message_id}>"),
+            ("Reply-To", address_header(settings.support_name, reply_to)),
+        ]
         if mail.in_reply_to:
-            message["In-Reply-To"] = f"<{mail.in_reply_to}>"
-            message["References"] = "\r\n ".join(f"<{mid}>" for mid in _reference_chain(mail))
+            headers.append(("In-Reply-To", f"<{mail.in_reply_to}>"))
+            headers.append(("References", "\r\n ".join(f"<{mid}>" for mid in _reference_chain(mail))))
         if mail.automatic:
-            message["Auto-Submitted"] = "auto-replied"
-        message["X-Auto-Response-Suppress"] = "All"
-        message[LOOP_HEADER] = self.loop_marker
-        return message
-
-
-_UTF8_QP = Charset("utf-8")
-# Quoted-printable keeps Polish text (and the [#NUMBER] tag) readable in the raw mail.
-_UTF8_QP.body_encoding = _UTF8_QP.header_encoding = QP
-_WIRE = compat32.clone(linesep="\r\n", max_line_length=78)
-
-
-def _encoded(value: str) -> str:
-    """The value as a header: ASCII words as they are, the rest as RFC 2047 encoded-words."""
-    if value.isascii():
-        return value
-    ascii_prefix, rest = "", value
-    while rest and rest.split(" ", 1)[0].isascii() and " " in rest:
-        word, rest = rest.split(" ", 1)
-        ascii_prefix += word + " "
-    header = Header(ascii_prefix, "us-ascii", maxlinelen=76, header_name="Subject")
-    header.append(rest, _UTF8_QP)
-    return header.encode()
-
-
-def _text_part(text: str, subtype: str) -> Message_:
-    part = MIMENonMultipart("text", subtype)
-    part.set_payload(text, _UTF8_QP)
-    return part
-
-
-def _body(text: str, html: str | None, attachments: Sequence[OutgoingAttachment]) -> Message_:
-    body: Message_ = _text_part(text, "plain")
-    if html is not None:
-        alternative = MIMEMultipart("alternative")
-        alternative.attach(body)
-        alternative.attach(_text_part(html, "html"))
-        body = alternative
-    if not attachments:
-        return body
-    mixed = MIMEMultipart("mixed")
-    mixed.attach(body)
-    for attachment in attachments:
-        maintype, _, subtype = attachment.content_type.partition("/")
-        part = MIMEBase(maintype or "application", subtype or "octet-stream")
-        part.set_payload(attachment.content)
-        encode_base64(part)
-        part.add_header("Content-Disposition", "attachment", filename=("utf-8", "", attachment.filename))
-        mixed.attach(part)
-    return mixed
-
-
-def as_wire_bytes(message: Message_) -> bytes:
-    return message.as_bytes(policy=_WIRE)
+            headers.append(("Auto-Submitted", "auto-replied"))
+        headers.append(("X-Auto-Response-Suppress", "All"))
+        headers.append((LOOP_HEADER, self.loop_marker))
+        return headers

@@ -20,10 +20,12 @@ from sqlmodel import Session
 
 from gateway.casetag import strip_leading_tag
 from gateway.metrics import OUTBOX
+from gateway.outbound.compose import MissingAttachment, expand_attachments, referenced_blobs
 from gateway.outbound.relay import PermanentFailure, Relay, RelaySession, TemporaryFailure, attempt_deadline
 from gateway.outbound.replies import Outgoing, Replies
 from gateway.settings import Settings
 from store import cases, outbox
+from store.blobs import make_blob_store
 from store.db import reading, transaction
 from store.models import OutboxItem, utcnow
 
@@ -37,6 +39,7 @@ class OutboxWorker:
         self._relay = relay
         self._replies = replies
         self._wake = asyncio.Event()
+        self._blobs = make_blob_store(settings.blob_store, settings.data_dir)
         # Longer than any attempt can take (plus time to record it): a row is claimed again only
         # once its sender is surely gone, never while an attempt may still be on the wire.
         timeout = settings.relay_timeout_seconds
@@ -101,6 +104,13 @@ class OutboxWorker:
                     continue
                 await self._attempt(item, connection)
 
+    def _wire_bytes(self, item: OutboxItem) -> bytes:
+        """The row's bytes with the attachments it refers to put in (the row holds no copy)."""
+        if not referenced_blobs(item.raw):
+            return item.raw
+        with reading(self._engine) as session:
+            return expand_attachments(item.raw, lambda sha256: self._blobs.get(session=session, sha256=sha256))
+
     def _lease_covers_an_attempt(self, item: OutboxItem) -> bool:
         if item.claimed_until is None:
             return False
@@ -119,7 +129,12 @@ class OutboxWorker:
         """One delivery attempt of `item`, on `connection` or (without one) on a connection of its own."""
         sender = connection or self._relay
         try:
-            await sender.send(raw=item.raw, mail_from=item.mail_from, recipient=item.recipient, key=f"outbox-{item.id}")
+            raw = await asyncio.to_thread(self._wire_bytes, item)
+        except MissingAttachment as error:
+            await asyncio.to_thread(self._record_failed, item.id or 0, str(error))
+            return
+        try:
+            await sender.send(raw=raw, mail_from=item.mail_from, recipient=item.recipient, key=f"outbox-{item.id}")
         except TemporaryFailure as error:
             await asyncio.to_thread(self._record_temporary, item.id or 0, str(error))
         except PermanentFailure as error:
