@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from gateway.http import HttpDeps, HttpServer
     from gateway.imap.poller import MailboxPoller
+    from gateway.ops.figures import MailboxView
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ class Gateway:
     def _http_deps(self, components: Components, intake: Intake) -> HttpDeps:
         """Everything the HTTP routes work with, built once the engines and the intake exist."""
         from gateway.http import HttpDeps
+        from gateway.ops.figures import OpsDeps
         from gateway.panel.deps import PanelDeps
 
         panel = PanelDeps(
@@ -190,7 +192,20 @@ class Gateway:
             intake=intake,
             panel_secret=components.panel_secret,
         )
-        return HttpDeps(panel=panel, health=self.health)
+        ops = OpsDeps(
+            settings=self.settings,
+            engine=components.engine,
+            journal_engine=components.journal_engine,
+            panel_secret=components.panel_secret,
+            mailboxes=self.mailbox_views,
+        )
+        return HttpDeps(panel=panel, ops=ops, health=self.health)
+
+    def mailbox_views(self) -> list[MailboxView]:
+        """Each IMAP mailbox of this instance as /status and /metrics show it."""
+        from gateway.ops.figures import mailbox_view
+
+        return [mailbox_view(poller.state) for poller in self.pollers]
 
     def _build_pollers(self) -> list[MailboxPoller]:
         if not self.settings.imap_mailboxes:
@@ -226,6 +241,9 @@ class Gateway:
             "instance": self.settings.instance_name,
             "pipeline_backlog": self.runner.backlog if self.runner else None,
             "imap": {poller.mailbox.name: poller.status for poller in self.pollers},
+            # A mailbox that cannot log in (a revoked OAuth2 token, a changed password) is named
+            # here but does not make the gateway unready: SMTP, the panel and the others still work.
+            "imap_failing": sorted(view.name for view in self.mailbox_views() if view.failing),
         }
         return listening and database, body
 

@@ -1,4 +1,4 @@
-"""The HTTP side of `gateway serve`: /healthz and the customer panel (API and page).
+"""The HTTP side of `gateway serve`: /healthz, /metrics, /status and the customer panel (API and page).
 
 uvicorn runs inside the gateway's own event loop, so the API and the SMTP listener share one
 process, one intake and one pipeline. The wiring (gateway.app) hands over everything the routes
@@ -15,8 +15,12 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.ops.exposition import render
+from gateway.ops.figures import OpsDeps
+from gateway.ops.status import add_status_page
 from gateway.panel.deps import PanelDeps
 from gateway.panel.routes import add_panel_routes, install_panel
 
@@ -27,6 +31,7 @@ VERSION = "0.1.0"
 @dataclass(frozen=True)
 class HttpDeps:
     panel: PanelDeps
+    ops: OpsDeps  # /metrics and /status
     # (ready, body) of /healthz; called off the event loop, it may touch the database.
     health: Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -38,9 +43,18 @@ def _add_health(app: FastAPI, health: Callable[[], tuple[bool, dict[str, Any]]])
         return JSONResponse(body, status_code=200 if ready else 503)
 
 
+def _add_metrics(app: FastAPI, ops: OpsDeps) -> None:
+    # No token: Prometheus scrapes it; keep the HTTP port off the public network (or filter it).
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(await asyncio.to_thread(render, ops), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app(deps: HttpDeps) -> FastAPI:
     app = FastAPI(title=TITLE, version=VERSION)
     _add_health(app, deps.health)
+    _add_metrics(app, deps.ops)
+    add_status_page(app, deps.ops)
     install_panel(app, deps.panel)
     return app
 

@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     smtp_max_recipients: int = 100
 
     # --- MIME budgets and poison messages (SPEC §13) ---------------------------------------------
+    # Started attempts at one journal entry that never finished (the process died) before it is
+    # quarantined as poison; 3 lets a message survive two unrelated crashes (Postfix has no equivalent).
+    poison_max_attempts: int = 3
 
     # --- sender trust (SPEC §12) -----------------------------------------------------------------
     # MTAs in front of the gateway (IPs/CIDRs); only their Authentication-Results/spam headers count. Empty: none.
@@ -220,6 +223,9 @@ class Settings(BaseSettings):
     # Where `serve` writes the SMTP and HTTP ports it bound, as JSON, once ready; none by default. With
     # GATEWAY_SMTP_PORT=0 / GATEWAY_HTTP_PORT=0 (any free port) this is how a supervisor or test finds them.
     ports_file: Path | None = None
+    # A token for /status besides the panel's system JWT (a static secret for a bookmark or an
+    # operator's browser); empty: only the system JWT opens the page.
+    status_token: str = ""
 
     @field_validator("trusted_relays", "trusted_authserv_ids", mode="before")
     @classmethod
