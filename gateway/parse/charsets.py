@@ -1,5 +1,6 @@
 """Text from bytes in whatever charset a mail claims: the label mapped to a codec, a lying or
-unknown label degraded to a best effort (UTF-8, else the Polish single-byte charset that fits).
+unknown label degraded to a best effort: UTF-8, else the Polish single-byte charset that fits when
+the result reads as Polish, else what charset-normalizer detects (GB2312, KOI8-R, Shift_JIS...).
 """
 
 from __future__ import annotations
@@ -7,7 +8,16 @@ from __future__ import annotations
 import codecs
 from functools import lru_cache
 
+from charset_normalizer import from_bytes
+from charset_normalizer.md import mess_ratio
+
 _POLISH_LETTERS = frozenset("ąćęłńóśźżĄĆĘŁŃÓŚŹŻ")
+# Non-ASCII characters that real Polish (and neighbouring Latin) text is made of besides its letters.
+_LATIN_COMMON = frozenset("–—„”“’‘«»…€§°±×·éèêëüöäßáíúýčďěňřšťžůľĺŕôÉÜÖÄÁÍÚČŠŽ\xa0")
+_DETECT_SAMPLE = 64 * 1024  # bytes charset-normalizer looks at (it samples chunks of these anyway)
+_MESS_SAMPLE = 16 * 1024  # characters of a decoded text whose "mess" we measure
+_CHAOTIC = 0.5  # mess ratio above which a decode is mojibake (real text in its charset: < 0.15)
+_COHERENT = 0.2  # mess ratio below which a detected decode is believed
 # Charset labels mail clients use that Python spells differently, or where a superset decodes more.
 _CHARSET_ALIASES = {
     "ks_c_5601-1987": "cp949",
@@ -55,6 +65,12 @@ def decode_bytes(data: bytes, charset: str | None, what: str, defects: list[str]
                 defects.append(f"{what}: declared {charset!r} but the bytes are UTF-8")
                 return utf8
         decoded = _try_decode(data, codec)
+        if decoded is not None and _single_byte(codec) and not data.isascii() and _chaotic(decoded):
+            # A single-byte label decodes any bytes; mojibake is how its lie shows (GB2312 sent as Latin-1).
+            detected = _detect(data)
+            if detected is not None:
+                defects.append(f"{what}: declared {charset!r} but the bytes read as {detected[0]}")
+                return detected[1]
         if decoded is not None:
             return decoded
         defects.append(f"{what}: bytes do not match declared charset {charset!r}; decoded best effort")
@@ -69,13 +85,71 @@ def _try_decode(data: bytes, codec: str) -> str | None:
 
 
 def best_effort(data: bytes) -> str:
-    """UTF-8 if it is UTF-8, else whichever Polish single-byte charset yields more Polish letters."""
+    """UTF-8 if it is UTF-8; else the Polish single-byte charset that yields more Polish letters,
+    when that reads as Polish; else charset-normalizer's guess; else the Polish decode anyway."""
     decoded = _try_decode(data, "utf-8")
     if decoded is not None:
         return decoded
+    polish = _polish(data)
+    if _reads_as_polish(polish):
+        return polish
+    detected = _detect(data)
+    return detected[1] if detected is not None else polish
+
+
+def guess_codec(data: bytes) -> str | None:
+    """The codec undeclared 8-bit bytes are in, or None when UTF-8/Polish fits or nothing is sure."""
+    if _try_decode(data, "utf-8") is not None or _reads_as_polish(_polish(data)):
+        return None
+    detected = _detect(data)
+    return detected[0] if detected is not None else None
+
+
+def _polish(data: bytes) -> str:
     windows = data.decode("cp1250", errors="replace")
     latin2 = data.decode("iso-8859-2", errors="replace")
     return latin2 if _polish_score(latin2) > _polish_score(windows) else windows
+
+
+def _reads_as_polish(text: str) -> bool:
+    """Most non-ASCII characters are Polish letters or Latin typography (mojibake of GB2312 or
+    KOI8-R read as Windows-1250 is mostly other letters: ÄăşĂ...)."""
+    foreign = [ch for ch in text if ord(ch) > 127]
+    if not foreign:
+        return True
+    fitting = sum(1 for ch in foreign if ch in _POLISH_LETTERS or ch in _LATIN_COMMON)
+    return fitting >= 0.8 * len(foreign)
+
+
+def _chaotic(text: str) -> bool:
+    return mess_ratio(text[:_MESS_SAMPLE], maximum_threshold=1.0) > _CHAOTIC
+
+
+@lru_cache(maxsize=64)
+def _ascii_compatible(codec: str) -> bool:
+    """Mail header and body syntax is ASCII: a guess that reads ASCII bytes as something else
+    (UTF-16 without a byte order mark, UTF-7) is never what an 8-bit mail means."""
+    if codec_for(codec) is None or codec.replace("-", "_").lower().startswith(("utf_16", "utf_32", "utf_7")):
+        return False
+    sample = bytes(range(32, 127))
+    try:
+        return sample.decode(codec) == sample.decode("ascii")
+    except (UnicodeDecodeError, LookupError):
+        return False
+
+
+def _detect(data: bytes) -> tuple[str, str] | None:
+    """(codec, text) from charset-normalizer when its best guess reads coherently, else None."""
+    try:
+        match = from_bytes(data[:_DETECT_SAMPLE]).best()
+        if match is None or not _ascii_compatible(match.encoding):
+            return None
+        text = data.decode(match.encoding, errors="replace")
+    except Exception:  # a detector must never cost us the message
+        return None
+    if mess_ratio(text[:_MESS_SAMPLE], maximum_threshold=1.0) >= _COHERENT:
+        return None
+    return match.encoding, text
 
 
 def _polish_score(text: str) -> int:

@@ -22,6 +22,12 @@ _ANGLE_ID_RE = re.compile(r"<([^<>]*)>")
 _ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _BARE_ADDRESS_RE = re.compile(r"[^\s<>,;:\"()\[\]]+@[^\s<>,;:\"()\[\]]+")
+_QUOTED_LOCAL_RE = re.compile(r'^"(?:[^"\\]|\\.)*"@[^\s"]+$')
+_DOT_ATOM_RE = re.compile(r"^[^\s\"@<>()\[\],;:\\]+$")
+# Labels of letters (any script: IDN), digits and hyphens; or an address literal. A single label
+# (anonymised "xxxxx@xxxxx", "root@localhost") is still an address someone wrote.
+_DOMAIN_RE = re.compile(r"^(?:(?:[^\W_]|[-_])+(?:\.(?:[^\W_]|[-_])+)*|\[[0-9a-f.:]+\])$")
+_ANGLE_ADDRESS_RE = re.compile(r"<([^<>@\s]+@[^<>@\s]+)>")
 _STRUCTURED_LIMIT = 8 * 1024  # longest header value given to the policy's (superlinear) parser
 _STRUCTURED_BUDGET = 128 * 1024  # header text per message after which every header takes the fast path
 
@@ -51,7 +57,7 @@ def read_header(name: str, value: str, defects: list[str], *, structured: bool =
         # The policy's header parser slows down quadratically (16 KB of addresses: 0.5 s);
         # huge or numerous headers are decoded by our linear path instead.
         defects.append(f"header {name}: {len(raw)} characters, read without the structured parser")
-        return Header(name, raw, None, _CONTROL_RE.sub(" ", decode_words(raw, f"header {name}", defects)).strip())
+        return Header(name, raw, None, _display(decode_words(raw, f"header {name}", defects)).strip())
     obj: object | None
     try:
         obj = POLICY.header_factory(name, raw)
@@ -67,7 +73,12 @@ def read_header(name: str, value: str, defects: list[str], *, structured: bool =
         # The policy silently turns an unknown charset in an encoded-word into U+FFFD.
         if "\ufffd" in text and "\ufffd" not in raw and "=?" in raw:
             text = decode_words(raw, f"header {name}", defects)
-    return Header(name, raw, obj, _CONTROL_RE.sub(" ", text).strip())
+    return Header(name, raw, obj, _display(text).strip())
+
+
+def _display(text: str) -> str:
+    """Header text for display: NUL dropped (no database stores it), other controls made spaces."""
+    return _CONTROL_RE.sub(" ", text.replace("\x00", ""))
 
 
 def message_id(headers: list[Header], raw: bytes, defects: list[str]) -> tuple[str, bool]:
@@ -159,10 +170,77 @@ def _fallback_addresses(text: str) -> list[tuple[str, str]]:
 
 def clean_address(addr: str) -> str:
     addr = addr.strip().strip("<>").strip().lower()
-    # Group syntax leftovers ("undisclosed-recipients:") and fragments are not addresses.
-    if not addr or addr.endswith(":") or re.search(r"[\s<>,;]", addr):
+    # Group syntax leftovers ("undisclosed-recipients:") and fragments are not addresses; spaces
+    # belong only inside a quoted local part ("jan nowak"@example.pl is an address).
+    if not addr or addr.endswith(":") or re.search(r"[<>,;]", addr):
+        return ""
+    if re.search(r"\s", addr) and not _QUOTED_LOCAL_RE.match(addr):
         return ""
     return addr
+
+
+# Where the requester is read from, in order: the From header, then these (RFC 5322 3.6.2, and the
+# trace of the envelope sender), then the envelope itself.
+_REQUESTER_FALLBACKS = (("sender", "Sender"), ("reply-to", "Reply-To"), ("return-path", "Return-Path"))
+
+
+@dataclass(frozen=True)
+class Requester:
+    name: str  # display name, from the From header when it has one
+    address: str  # lower-case addr-spec, "" when nothing usable was found
+    source: str  # from | sender | reply-to | return-path | envelope | "" (none)
+
+
+def requester(headers: list[Header], envelope_sender: str | None, defects: list[str]) -> Requester:
+    """Who wrote it: the first valid From address, else Sender, Reply-To, Return-Path, the envelope.
+
+    A garbage first From, `<>`, an encoded-word display name with `<>`: each would give a case no
+    one can answer. Any choice other than the first From address is recorded as a defect.
+    """
+    from_pairs = [pair for header in every(headers, "from") for pair in _author_pairs(header)]
+    from_name = next((name for name, _ in from_pairs if name), "")
+    for index, (name, addr) in enumerate(from_pairs):
+        usable = usable_address(addr, "From", defects)
+        if usable:
+            if index > 0:
+                defects.append(f"requester: From address {index + 1} used; the ones before are not addresses")
+            return Requester(name or from_name, usable, "from")
+    for header_name, label in _REQUESTER_FALLBACKS:
+        for name, addr in addresses(every(headers, header_name)):
+            usable = usable_address(addr, label, defects)
+            if usable:
+                defects.append(f"requester: From has no usable address; taken from {label}")
+                return Requester(from_name or name, usable, header_name)
+    envelope = usable_address(clean_address(envelope_sender or ""), "envelope sender", defects)
+    if envelope:
+        defects.append("requester: no usable address in the headers; taken from the envelope sender")
+        return Requester(from_name, envelope, "envelope")
+    defects.append("requester: no usable sender address anywhere")
+    return Requester(from_name, "", "")
+
+
+def _author_pairs(header: Header) -> list[tuple[str, str]]:
+    """From's addresses; when an unquoted display name holds an "@" (`a@b <a@b.example>`) the
+    policy takes the name for the address, so an address in angle brackets wins then."""
+    pairs = addresses([header])
+    angled = [clean_address(found) for found in _ANGLE_ADDRESS_RE.findall(header.raw)]
+    if angled and not any(addr in angled for _, addr in pairs):
+        name = header.text.partition("<")[0].strip().strip('"').strip()
+        return [(name, addr) for addr in angled]
+    return pairs
+
+
+def usable_address(addr: str, label: str, defects: list[str]) -> str:
+    """The address if one can write back to it ("" if not); a trailing dot on the domain is dropped."""
+    local, at, domain = addr.rpartition("@")
+    if not at or not local:
+        return ""
+    if domain.endswith(".") and not domain.endswith(".."):
+        domain = domain[:-1]
+        defects.append(f"{label}: trailing dot removed from the domain of {addr!r}")
+    if not _DOMAIN_RE.match(domain) or not (_DOT_ATOM_RE.match(local) or _QUOTED_LOCAL_RE.match(local + "@x")):
+        return ""
+    return f"{local}@{domain}"
 
 
 def decode_words(value: str, what: str, defects: list[str]) -> str:

@@ -36,7 +36,7 @@ class ParsedMessage:
     in_reply_to: tuple[str, ...]
     references: tuple[str, ...]
     subject: str
-    from_address: str  # lower-case; "" when none could be read
+    from_address: str  # the requester: lower-case; the first valid From, else Sender... (requester_source)
     from_name: str
     from_header: str  # decoded, for display
     to: tuple[str, ...]  # lower-case addresses
@@ -53,6 +53,12 @@ class ParsedMessage:
     defects: tuple[str, ...] = ()
     delivery_report: DeliveryReport | None = None
     message_id_synthesised: bool = field(default=False)
+    # SHA-256 over sender, subject, bodies and attachments (see digest.py): same message, same digest,
+    # whatever the trace headers; a reused Message-ID on a different message gives another digest.
+    content_digest: str = ""
+    # Where from_address came from: from | sender | reply-to | return-path | envelope | "" (nowhere).
+    # Anything but "from" means the From header had no usable address (also recorded as a defect).
+    requester_source: str = "from"
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""

@@ -13,37 +13,50 @@ from email.message import Message
 
 import gateway.parse.headers as hdr
 from gateway.parse.attachments import Collector
-from gateway.parse.charsets import best_effort
+from gateway.parse.charsets import best_effort, guess_codec
 from gateway.parse.content import text_of
+from gateway.parse.digest import content_digest
 from gateway.parse.dsn import guarded_report
 from gateway.parse.model import ParsedMessage
-from gateway.parse.parts import LINEBREAK_RE, POLICY
+from gateway.parse.parts import LINEBREAK_RE, POLICY, eight_bit_sample, header_codec, raw_items
+from gateway.parse.storable import storable, storable_text
 from gateway.parse.text import html_to_text
 from gateway.parse.walk import MimeTree
 
 _FEED_CHUNK = 1 << 20
 _UTF8_BOM = b"\xef\xbb\xbf"
 _FIELD_LINE_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+_MAX_LEADING_LINES = 3  # lines of text before the header block we look past
+_KEY_FIELDS = frozenset({b"from", b"subject", b"date", b"to", b"message-id", b"received", b"return-path"})
 
 
-def parse_message(raw: bytes) -> ParsedMessage:
-    """Parse one RFC 5322 message. Never raises: what cannot be read is degraded and listed in defects."""
+def parse_message(raw: bytes, *, envelope_sender: str | None = None) -> ParsedMessage:
+    """Parse one RFC 5322 message. Never raises: what cannot be read is degraded and listed in defects.
+
+    `envelope_sender` (SMTP MAIL FROM, as journaled) is the requester's last resort when no header
+    names a usable address.
+    """
     try:
         msg, repairs = _parse_tree(raw)
     except Exception as exc:  # the parser is lenient, but nothing may escape from here
         return _unparseable(raw, f"message not parseable: {type(exc).__name__}: {exc}")
     try:
-        return _read(raw, msg, repairs)
+        items = raw_items(msg)
+        codec = guess_codec(eight_bit_sample(items))
+        if codec is not None:
+            repairs.append(f"8-bit header text without a declared charset read as {codec}")
+        with header_codec(codec):
+            parsed = _read(raw, msg, repairs, envelope_sender)
     except Exception as exc:  # a bug or an edge nobody foresaw: keep the bytes readable, record why
         return _unparseable(raw, f"parser failed: {type(exc).__name__}: {exc}")
+    return storable(parsed)
 
 
-def _read(raw: bytes, msg: Message, defects: list[str]) -> ParsedMessage:
+def _read(raw: bytes, msg: Message, defects: list[str], envelope_sender: str | None) -> ParsedMessage:
     tree = MimeTree(msg, defects)
     headers = hdr.read_headers(msg, defects)
     message_id, synthesised = hdr.message_id(headers, raw, defects)
-    from_pairs = hdr.addresses(hdr.first(headers, "from"))
-    from_name, from_address = from_pairs[0] if from_pairs else ("", "")
+    author = hdr.requester(headers, envelope_sender, defects)
     root = tree.resolve(msg)
     plain_part, html_part = tree.bodies(root)
     text = text_of(plain_part, tree.effective_type(plain_part), defects) if plain_part is not None else ""
@@ -59,13 +72,15 @@ def _read(raw: bytes, msg: Message, defects: list[str]) -> ParsedMessage:
     report = guarded_report(tree, root)
     date = hdr.date(headers, defects)
     tree.collect_part_defects(root)  # last: every step above may have added defects
+    subject = hdr.first_text(headers, "subject")
+    attachments = collector.finish(html)
     return ParsedMessage(
         message_id=message_id,
         in_reply_to=tuple(hdr.ids(hdr.joined(headers, "in-reply-to"))),
         references=tuple(hdr.ids(hdr.joined(headers, "references"))),
-        subject=hdr.first_text(headers, "subject"),
-        from_address=from_address,
-        from_name=from_name,
+        subject=subject,
+        from_address=author.address,
+        from_name=author.name,
         from_header=hdr.first_text(headers, "from"),
         to=tuple(a for _, a in hdr.addresses(hdr.every(headers, "to")) if a),
         cc=tuple(a for _, a in hdr.addresses(hdr.every(headers, "cc")) if a),
@@ -75,11 +90,15 @@ def _read(raw: bytes, msg: Message, defects: list[str]) -> ParsedMessage:
         date=date,
         text=text,
         html=html,
-        attachments=collector.finish(html),
+        attachments=attachments,
         headers=tuple((h.name, h.text) for h in headers),
         defects=tuple(dict.fromkeys(defects)),  # de-duplicated, first occurrence kept
         delivery_report=report,
         message_id_synthesised=synthesised,
+        content_digest=content_digest(
+            sender=author.address, subject=subject, text=text, html=html, attachments=attachments
+        ),
+        requester_source=author.source,
     )
 
 
@@ -91,14 +110,43 @@ def _parse_tree(raw: bytes) -> tuple[Message, list[str]]:
         data = data[len(_UTF8_BOM) :]  # slicing copies, but only for this rare case
         repairs.append("message starts with a byte order mark; ignored")
     msg = _feed(data)
-    if any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in msg.defects):
+    if _headers_lost(msg):
+        start = _header_block_start(data)
+        if start:
+            retry = _feed(data[start:])  # a copy, but only for this rare case
+            if not _headers_lost(retry):
+                skipped = best_effort(data[:start]).strip()
+                repairs.append(f"text before the header block skipped: {skipped[:80]!r}")
+                return retry, repairs
         fixed = _repair_header_block(data)
         if fixed is not None:
             retry = _feed(fixed)
-            if not any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in retry.defects):
+            if not _headers_lost(retry):
                 repairs.append("header block had lines that were neither fields nor folded; joined to the field before")
                 msg = retry
     return msg, repairs
+
+
+def _headers_lost(msg: Message) -> bool:
+    return any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in msg.defects) or not msg.keys()
+
+
+def _header_block_start(data: bytes) -> int:
+    """Offset of a header block behind a few lines of text ("---- Original email message ----", as
+    some forwarding scripts write, or blank lines), or 0 when there is none: the block must begin
+    with two field lines and name one of the fields every message has."""
+    offset = 0
+    for _ in range(_MAX_LEADING_LINES):
+        end = data.find(b"\n", offset)
+        if end < 0:
+            return 0
+        offset = end + 1
+        head = data[offset : offset + 4096].split(b"\n", 8)[:8]
+        if len(head) >= 2 and all(_FIELD_LINE_RE.match(line) for line in head[:2]):
+            names = {match.group(1).lower() for line in head if (match := _FIELD_LINE_RE.match(line))}
+            if names & _KEY_FIELDS:
+                return offset
+    return 0
 
 
 def _feed(data: bytes) -> Message:
@@ -132,6 +180,7 @@ def _repair_header_block(data: bytes) -> bytes | None:
 
 
 def _unparseable(raw: bytes, reason: str) -> ParsedMessage:
+    text = storable_text(LINEBREAK_RE.sub("\n", best_effort(raw)))
     return ParsedMessage(
         message_id=hdr.synthesised_id(raw),
         in_reply_to=(),
@@ -146,9 +195,11 @@ def _unparseable(raw: bytes, reason: str) -> ParsedMessage:
         to_header="",
         cc_header="",
         date=None,
-        text=LINEBREAK_RE.sub("\n", best_effort(raw)),
+        text=text,
         html=None,
         attachments=(),
-        defects=(reason,),
+        defects=(storable_text(reason),),
         message_id_synthesised=True,
+        content_digest=content_digest(sender="", subject="", text=text, html=None, attachments=()),
+        requester_source="",
     )

@@ -4,7 +4,9 @@ wrapped, and raw header values come back unfolded with 8-bit bytes already read 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from email import policy as email_policy
 from email.message import Message
 from typing import TypeVar
@@ -17,6 +19,19 @@ _T = TypeVar("_T")
 
 LINEBREAK_RE = re.compile(r"\r\n|\r|\n")
 _UNQUOTED_NAME_RE = re.compile(r"""(?:^|;)\s*(?:file)?name\s*=\s*([^";=][^";]*)""", re.I)
+_QUOTED_NAME_RE = re.compile(r'(?:^|;)\s*(?:file)?name\s*=\s*"([^"]+)"', re.I)
+# The codec of the message's undeclared 8-bit header text, guessed once from all of it (a longer
+# sample guesses better than one Subject); set for the duration of one parse_message call.
+_HEADER_CODEC: ContextVar[str | None] = ContextVar("header_codec", default=None)
+
+
+@contextmanager
+def header_codec(codec: str | None) -> Iterator[None]:
+    token = _HEADER_CODEC.set(codec)
+    try:
+        yield
+    finally:
+        _HEADER_CODEC.reset(token)
 
 
 def guard(func: Callable[[], _T], default: _T) -> _T:
@@ -83,6 +98,9 @@ def raw_header(part: Message, name: str) -> str:
 def declared_filename(part: Message) -> str | None:
     """The filename/name parameter, RFC 2231 and encoded-words decoded by the email package."""
     name = guard(lambda: part.get_filename(), None)
+    if name and "\ufffd" in name:
+        # Raw 8-bit in the parameter: the email package replaced it; we read it like other 8-bit headers.
+        name = _raw_8bit_name(part) or name
     if name and " " not in name:
         # An unquoted name with spaces (name=This is a test.txt) is cut at the first space.
         for header in ("content-disposition", "content-type"):
@@ -90,6 +108,19 @@ def declared_filename(part: Message) -> str | None:
             if match and match.group(1).strip().startswith(name) and match.group(1).strip() != name:
                 return match.group(1).strip()
     return name or None
+
+
+def _raw_8bit_name(part: Message) -> str | None:
+    for header in ("content-disposition", "content-type"):
+        value = next((v for k, v in raw_items(part) if k.lower() == header), "")
+        if value.isascii():
+            continue
+        match = _QUOTED_NAME_RE.search(unfold(repair_8bit(value))) or _UNQUOTED_NAME_RE.search(
+            unfold(repair_8bit(value))
+        )
+        if match and match.group(1).strip():
+            return match.group(1).strip()
+    return None
 
 
 def location_name(part: Message) -> str | None:
@@ -129,7 +160,28 @@ def repair_8bit(value: str) -> str:
         value.encode("utf-8")
         return value
     except UnicodeEncodeError:
-        return best_effort(value.encode("utf-8", "surrogateescape"))
+        data = value.encode("utf-8", "surrogateescape")
+    codec = _HEADER_CODEC.get()
+    for candidate in ("utf-8", codec) if codec else ():  # RFC 6532 UTF-8 first: it is never accidental
+        try:
+            return data.decode(candidate)
+        except UnicodeDecodeError:
+            pass
+    return best_effort(data)
+
+
+def eight_bit_sample(items: list[tuple[str, str]]) -> bytes:
+    """The raw bytes of every header value that carries undeclared 8-bit text other than UTF-8."""
+    values = (v.encode("utf-8", "surrogateescape") for _, v in items if not v.isascii())
+    return b" ".join(data for data in values if not _is_utf8(data))
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def unfold(value: str) -> str:
