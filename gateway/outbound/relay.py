@@ -219,6 +219,8 @@ class _SmtpConnection:
         try:
             await client.connect()
             relay.connections_opened += 1
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()  # after STARTTLS the extensions are asked again: SMTPUTF8 is decided on them
             if target.username:
                 await self._login(client, target)
         except aiosmtplib.SMTPAuthenticationError as error:

@@ -1,0 +1,95 @@
+"""Mail to an internationalised address (issue 14 item 9): SMTPUTF8 when the relay offers it, else a clear failure.
+
+Against real SMTP servers on loopback: aiosmtpd offering SMTPUTF8 (tests/servers/tls_relay.py) and
+the relay sink, which does not offer it (tests/servers/relay_sink.py).
+"""
+
+from __future__ import annotations
+
+import email
+from collections.abc import Callable
+from email import policy
+from pathlib import Path
+
+from sqlmodel import col, select
+
+from gateway.app import Components
+from gateway.outbound.relay import relay_for
+from gateway.outbound.replies import Outgoing
+from gateway.outbound.worker import OutboxWorker
+from gateway.settings import Settings
+from store.db import reading, transaction
+from store.models import Case, OutboxItem
+from tests.helpers import STAFF_QUEUE
+from tests.servers.relay_sink import RelaySink
+from tests.servers.tls_relay import TlsRelay
+
+CUSTOMER = "zażółć.jaźń@klient.example"
+
+
+def _queue_ack(components: Components) -> None:
+    with transaction(components.engine) as session:
+        case = Case(number="2026-000001", requester=CUSTOMER, subject="Gęślą jaźń")
+        session.add(case)
+        session.flush()
+        components.replies.queue(
+            session=session,
+            case=case,
+            mail=Outgoing(kind="ack", recipient=CUSTOMER, automatic=True, context={"received_subject": "Gęślą jaźń"}),
+        )
+
+
+def _rows(components: Components) -> list[OutboxItem]:
+    with reading(components.engine) as session:
+        return list(session.exec(select(OutboxItem).order_by(col(OutboxItem.id))).all())
+
+
+def _worker(components: Components, settings: Settings) -> OutboxWorker:
+    return OutboxWorker(
+        engine=components.engine, settings=settings, relay=relay_for(settings), replies=components.replies
+    )
+
+
+async def test_sent_with_smtputf8_when_the_relay_offers_it(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    with TlsRelay(tmp_path / "certs", mode="starttls", require_auth=False, smtputf8=True) as relay:
+        settings = settings_factory(relay_url=relay.url(scheme="smtp"))
+        components = Components.build(settings)
+        try:
+            _queue_ack(components)
+            assert await _worker(components, settings).run_once() == 1
+            [delivery] = relay.deliveries
+            assert delivery.recipients == (CUSTOMER,)
+            assert "SMTPUTF8" in [option.upper() for option in delivery.mail_options]
+            # RFC 6532: the address is UTF-8 in the header too, never an encoded-word.
+            assert f"To: {CUSTOMER}\r\n".encode() in delivery.raw
+            parsed = email.message_from_bytes(delivery.raw, policy=policy.default)
+            assert str(parsed["To"]) == CUSTOMER
+            [row] = _rows(components)
+            assert (row.status, row.attempts) == ("sent", 1)
+        finally:
+            components.dispose()
+
+
+async def test_fails_at_once_and_tells_staff_when_the_relay_cannot(settings_factory: Callable[..., Settings]) -> None:
+    with RelaySink() as sink:  # no SMTPUTF8 in its EHLO
+        settings = settings_factory(relay_url=sink.url)
+        components = Components.build(settings)
+        try:
+            _queue_ack(components)
+            worker = _worker(components, settings)
+            assert await worker.run_once() == 1
+            [row] = _rows(components)[:1]
+            # No 48 hours of retries: the first attempt settles it, with the reason.
+            assert (row.status, row.attempts) == ("failed", 1)
+            assert "does not offer SMTPUTF8" in (row.last_error or "") and CUSTOMER in (row.last_error or "")
+            assert sink.deliveries == []  # nothing was even offered to the relay
+
+            assert await worker.run_once() == 1  # the notice to staff
+            [notice] = sink.accepted_to(STAFF_QUEUE)
+            body = email.message_from_bytes(notice.raw, policy=policy.default)
+            text = body.get_body(("plain",)).get_content()  # type: ignore[attr-defined]
+            assert CUSTOMER in text and "SMTPUTF8" in text
+        finally:
+            components.dispose()
