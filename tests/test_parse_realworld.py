@@ -221,14 +221,18 @@ def test_nul_is_removed_from_every_text_field_and_kept_in_the_raw() -> None:
         'Content-Type: multipart/mixed; boundary="b"\n'
         "\n"
         "--b\n"
+        'Content-Type: multipart/alternative; boundary="alt"\n'
+        "\n"
+        "--alt\n"
         "Content-Type: text/plain; charset=utf-8\n"
         "Content-Transfer-Encoding: quoted-printable\n"
         "\n"
         "raw\x00 and qp=00 nul\n"
-        "--b\n"
+        "--alt\n"
         "Content-Type: text/html; charset=utf-8\n"
         "\n"
         "<p>h\x00tml</p>\n"
+        "--alt--\n"
         "--b\n"
         'Content-Type: application/octet-stream; name="a\x00b.bin"\n'
         "\n"
