@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import httpx
@@ -138,7 +139,7 @@ async def transaction(port: int, wire_data: bytes, *, mail_from: bytes = b"jan@k
         writer.close()
 
 
-def gateway_json(env: dict[str, str], *args: str) -> object:
+def gateway_json(env: dict[str, str], *args: str) -> Any:
     done = subprocess.run(
         [sys.executable, "-m", "gateway", *args, "--json"],
         cwd=REPO,

@@ -55,6 +55,9 @@ class SessionTimeouts:
     def current(self, stressed: bool) -> float:
         return min(self.command_seconds, self.stress_seconds) if stressed else self.command_seconds
 
+    def first_command(self, stressed: bool) -> float:
+        return min(self.greeting_seconds, self.stress_seconds) if stressed else self.greeting_seconds
+
 
 class ConnectionGate:
     """Live SMTP sessions, in total and per client IP; admits or refuses a new one."""

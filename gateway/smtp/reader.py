@@ -106,7 +106,7 @@ class GatewaySMTP(SMTP):
             if not self._greeted:
                 # aiosmtpd arms the timer first when the connection is made: the greeting timeout.
                 self._greeted = True
-                duration = self._timeouts.greeting_seconds
+                duration = self._timeouts.first_command(self._gate.stressed)
             else:
                 duration = self._timeouts.current(self._gate.stressed)
         self._last_activity = self.loop.time()
