@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "ingest_latency": "bench.ingest_latency",
     "peak_memory": "bench.peak_memory",
     "panel_list": "bench.panel_list",
+    "storage_growth": "bench.storage_growth",
 }
 
 USAGE = __doc__.split("\n\n")[1]
