@@ -11,7 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
 
+from store.db import alembic_config, make_engine
 from tests.helpers import REPO, make_mail
 
 CASE_FIELDS = {
@@ -102,13 +106,21 @@ def test_ingest_mbox_and_maildir_then_list_show_and_export(tmp_path: Path, env: 
     assert gateway(env, "cases", "show", "1999-000001").returncode == 1
 
 
+def _break_templates(folder: Path) -> list[Path]:
+    """An operator's override of the first mail every new case sends (the acknowledgement, verified
+    sender or not), with a mistake in it: processing fails and the bytes stay in quarantine."""
+    (folder / "pl").mkdir(parents=True)
+    broken = [folder / "pl" / name for name in ("ack.j2", "ack_unverified.j2")]
+    for path in broken:
+        path.write_text(
+            "{% block subject %}{{ no_such_variable }}{% endblock %}{% block text %}x{% endblock %}", encoding="utf-8"
+        )
+    return broken
+
+
 def test_a_quarantined_message_is_listed_and_runs_again_after_the_fix(tmp_path: Path, env: dict[str, str]):
     # An operator's template override with a mistake in it: processing fails, the bytes stay.
-    broken = tmp_path / "templates" / "pl"
-    broken.mkdir(parents=True)
-    (broken / "ack.j2").write_text(
-        "{% block subject %}{{ no_such_variable }}{% endblock %}{% block text %}x{% endblock %}", encoding="utf-8"
-    )
+    broken = _break_templates(tmp_path / "templates")
     env = {**env, "GATEWAY_TEMPLATE_DIR": str(tmp_path / "templates")}
     raw = make_mail(subject="Utknie w kwarantannie").as_bytes()
     (tmp_path / "in.eml").write_bytes(raw)
@@ -121,7 +133,8 @@ def test_a_quarantined_message_is_listed_and_runs_again_after_the_fix(tmp_path: 
     assert entry["raw_sha256"] == hashlib.sha256(raw).hexdigest() and "no_such_variable" in entry["reason"]
     assert json.loads(gateway(env, "cases", "list", "--json").stdout) == []
 
-    (broken / "ack.j2").unlink()  # the fix
+    for template in broken:  # the fix
+        template.unlink()
     retried = gateway(env, "quarantine", "retry", str(entry["id"]))
     assert retried.returncode == 0 and "done 1" in retried.stdout, retried.stderr
     assert json.loads(gateway(env, "quarantine", "list", "--json").stdout) == []
@@ -129,7 +142,59 @@ def test_a_quarantined_message_is_listed_and_runs_again_after_the_fix(tmp_path: 
     assert case["subject"] == "Utknie w kwarantannie"
 
 
-def test_db_upgrade_is_idempotent(env: dict[str, str]):
-    for _ in range(2):
-        result = gateway(env, "db", "upgrade")
-        assert result.returncode == 0 and "up to date" in result.stdout
+def _schema(database_url: str) -> tuple[str | None, set[str]]:
+    """(the Alembic revision the database is at, its tables)."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            tables = set(inspect(connection).get_table_names())
+            revision = MigrationContext.configure(connection).get_current_revision()
+        return revision, tables
+    finally:
+        engine.dispose()
+
+
+def test_db_upgrade_brings_an_empty_database_to_head_and_a_second_run_changes_nothing(
+    tmp_path: Path, env: dict[str, str], database_url: str
+):
+    engine = make_engine(database_url)
+    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    engine.dispose()
+    assert head is not None
+    assert _schema(database_url) == (None, set())  # nothing there before
+
+    first = gateway(env, "db", "upgrade")
+    assert first.returncode == 0, first.stderr
+    revision, tables = _schema(database_url)
+    assert revision == head
+    assert {"support_case", "message", "outbox_item", "alembic_version"} <= tables
+
+    # Data written between the runs survives the second one.
+    (tmp_path / "in.eml").write_bytes(make_mail(subject="Przed drugim upgrade").as_bytes())
+    assert gateway(env, "ingest", str(tmp_path / "in.eml")).returncode == 0
+    second = gateway(env, "db", "upgrade")
+    assert second.returncode == 0, second.stderr
+    assert _schema(database_url) == (head, tables)
+    [case] = json.loads(gateway(env, "cases", "list", "--json").stdout)
+    assert case["subject"] == "Przed drugim upgrade"
+
+
+def test_quarantine_retry_all_runs_every_quarantined_entry_again(tmp_path: Path, env: dict[str, str]):
+    broken = _break_templates(tmp_path / "templates")
+    env = {**env, "GATEWAY_TEMPLATE_DIR": str(tmp_path / "templates")}
+    files = []
+    for number in range(3):
+        path = tmp_path / f"in{number}.eml"
+        path.write_bytes(make_mail(subject=f"Kwarantanna {number}").as_bytes())
+        files.append(str(path))
+    result = gateway(env, "ingest", "--notify", *files)
+    assert result.returncode == 1 and "quarantined 3" in result.stdout, result.stdout
+    assert len(json.loads(gateway(env, "quarantine", "list", "--json").stdout)) == 3
+
+    for template in broken:  # the fix
+        template.unlink()
+    retried = gateway(env, "quarantine", "retry", "--all")
+    assert retried.returncode == 0 and "done 3" in retried.stdout, (retried.stdout, retried.stderr)
+    assert json.loads(gateway(env, "quarantine", "list", "--json").stdout) == []
+    listed = json.loads(gateway(env, "cases", "list", "--json").stdout)
+    assert sorted(case["subject"] for case in listed) == [f"Kwarantanna {n}" for n in range(3)]
