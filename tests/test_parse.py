@@ -279,7 +279,7 @@ def test_multipart_related_inline_image_linked_by_cid() -> None:
         True,
         b"\x89PNG1",
     )
-    assert image.filename == "attachment-1.png"
+    assert image.filename == "image001.png"  # named by its Content-ID (issue 14)
     assert (report.filename, report.inline, report.content_id) == ("raport.pdf", False, "unused@x")
 
 

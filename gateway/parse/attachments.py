@@ -6,6 +6,7 @@ into `ParsedAttachment`s once the HTML body is known.
 
 from __future__ import annotations
 
+import binascii
 import mimetypes
 import re
 import unicodedata
@@ -28,8 +29,9 @@ from gateway.parse.parts import (
     repair_8bit,
     transfer_encoding,
 )
+from gateway.parse.rawspan import body_bytes
 from gateway.parse.tnef import TnefContent, TnefError, unpack_tnef
-from gateway.parse.walk import MimeTree
+from gateway.parse.walk import Leaf, MimeTree
 
 # For re-serialising embedded messages: source headers are written back as they came (no refolding).
 _GEN_POLICY = POLICY.clone(refold_source="none", linesep="\r\n")
@@ -49,6 +51,18 @@ _EXTENSIONS = {
     "application/octet-stream": ".bin",
 }
 _MAX_FILENAME = 200
+_MAX_DESCRIPTION = 100  # longer descriptions are prose, not names
+_HAS_EXTENSION_RE = re.compile(r"\.[A-Za-z0-9]{1,5}$")
+_CID_FILENAME_RE = re.compile(r"^[\w][\w\-. ()]*\.[A-Za-z0-9]{2,5}$")
+# What Postfix calls a DSN's parts (Content-Description), for MTAs that do not say.
+_REPORT_NAMES = {
+    "message/delivery-status": "Delivery report.txt",
+    "message/global-delivery-status": "Delivery report.txt",
+    "message/rfc822": "Undelivered Message.eml",
+    "message/global": "Undelivered Message.eml",
+    "text/rfc822-headers": "Undelivered Message Headers.txt",
+    "message/global-headers": "Undelivered Message Headers.txt",
+}
 _EMBEDDED_HEAD = 64 * 1024  # where to look for an embedded message's Subject
 
 
@@ -73,15 +87,18 @@ class Collector:
         self.pending: list[Pending] = []
         self.tnef_bodies: list[TnefContent] = []
 
-    def add(self, part: Message, in_related: bool) -> None:
+    def add(self, leaf: Leaf) -> None:
+        part = leaf.part
         ctype = self.tree.effective_type(part)
         name = clean_filename(declared_filename(part) or location_name(part) or "")
         if "\ufffd" in name:
             self.defects.append(f"{ctype}: attachment name {name!r} not fully decodable")
         cid = content_id(part)
         content = self._part_bytes(part, ctype)
-        if not name and ctype in ("message/rfc822", "message/global"):
+        if not name and ctype in ("message/rfc822", "message/global") and not leaf.in_report:
             name = self._embedded_name(content)
+        if not name:
+            name = _named_by_headers(part, ctype, cid, leaf.in_report)
         if not name and ctype.startswith("text/") and re.search(rb"\S", content) is None:
             return  # an empty unnamed text part (e.g. a blank alternative) is no attachment
         if ctype in _TNEF_TYPES or name.lower() == "winmail.dat":
@@ -94,11 +111,17 @@ class Collector:
                 self.tnef_bodies.append(unpacked)
                 return
         disposition = guard(lambda: part.get_content_disposition(), None)
-        hint = in_related and disposition != "attachment"
+        hint = leaf.in_related and disposition != "attachment"
         location = raw_header(part, "content-location").strip() or None
         self.pending.append(
-            Pending(name, self.tree.content_type(part), content, cid, hint, location if in_related else None)
+            Pending(name, self.tree.content_type(part), content, cid, hint, location if leaf.in_related else None)
         )
+
+    def add_file(self, name: str, content: bytes) -> None:
+        """A file found inside a text body (uuencoded)."""
+        name = clean_filename(name)
+        guessed = mimetypes.guess_type(name, strict=False)[0] if name else None
+        self.pending.append(Pending(name, guessed or "application/octet-stream", content, None, False))
 
     def _part_bytes(self, part: Message, ctype: str) -> bytes:
         """Bytes to store for an attachment; message/* parts are serialised back to RFC 5322."""
@@ -108,6 +131,15 @@ class Collector:
         return payload_bytes(part, ctype, self.defects)
 
     def _embedded_bytes(self, part: Message, inner: list[Message], ctype: str) -> bytes:
+        located = body_bytes(self.tree.source, self.tree.msg, part)
+        if located is not None:  # the bytes as sent
+            encoding = transfer_encoding(part)
+            if encoding == "base64":
+                return decode_base64(located, ctype, self.defects)
+            if encoding == "quoted-printable":
+                return binascii.a2b_qp(located)
+            return located
+        self.defects.append(f"{ctype}: attached message not found in the raw bytes; stored re-serialised")
         chunks = []
         for message in inner:
             try:
@@ -192,6 +224,30 @@ def clean_filename(name: str) -> str:
         ext = ext if dot and len(ext) <= 16 else ""
         name = name[: _MAX_FILENAME - len(ext) - 1] + ("." + ext if ext else "")
     return name
+
+
+def _named_by_headers(part: Message, ctype: str, cid: str | None, in_report: bool) -> str:
+    """A name for a part without a filename: its Content-Description, an inline image's Content-ID
+    (image001.jpg@01D7...), or what a DSN's parts are (the report, the returned message)."""
+    description = " ".join(raw_header(part, "content-description").split())
+    if description and len(description) <= _MAX_DESCRIPTION and not description.startswith("=?"):
+        return clean_filename(_with_extension(description, ctype))
+    if description.startswith("=?"):
+        decoded = read_header("content-description", description, []).text
+        if decoded and len(decoded) <= _MAX_DESCRIPTION:
+            return clean_filename(_with_extension(decoded, ctype))
+    local = (cid or "").partition("@")[0]
+    if _CID_FILENAME_RE.match(local):
+        return clean_filename(local)
+    if in_report:
+        default = _REPORT_NAMES.get(ctype)
+        if default:
+            return default
+    return ""
+
+
+def _with_extension(name: str, ctype: str) -> str:
+    return name if _HAS_EXTENSION_RE.search(name) else name + _extension(ctype)
 
 
 def _extension(content_type: str) -> str:

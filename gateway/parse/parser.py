@@ -21,6 +21,7 @@ from gateway.parse.model import ParsedMessage
 from gateway.parse.parts import LINEBREAK_RE, POLICY, eight_bit_sample, header_codec, raw_items
 from gateway.parse.storable import storable, storable_text
 from gateway.parse.text import html_to_text
+from gateway.parse.uuencode import extract_uuencoded
 from gateway.parse.walk import MimeTree
 
 _FEED_CHUNK = 1 << 20
@@ -37,7 +38,7 @@ def parse_message(raw: bytes, *, envelope_sender: str | None = None) -> ParsedMe
     names a usable address.
     """
     try:
-        msg, repairs = _parse_tree(raw)
+        source, msg, repairs = _parse_tree(raw)
     except Exception as exc:  # the parser is lenient, but nothing may escape from here
         return _unparseable(raw, f"message not parseable: {type(exc).__name__}: {exc}")
     try:
@@ -46,14 +47,14 @@ def parse_message(raw: bytes, *, envelope_sender: str | None = None) -> ParsedMe
         if codec is not None:
             repairs.append(f"8-bit header text without a declared charset read as {codec}")
         with header_codec(codec):
-            parsed = _read(raw, msg, repairs, envelope_sender)
+            parsed = _read(raw, source, msg, repairs, envelope_sender)
     except Exception as exc:  # a bug or an edge nobody foresaw: keep the bytes readable, record why
         return _unparseable(raw, f"parser failed: {type(exc).__name__}: {exc}")
     return storable(parsed)
 
 
-def _read(raw: bytes, msg: Message, defects: list[str], envelope_sender: str | None) -> ParsedMessage:
-    tree = MimeTree(msg, defects)
+def _read(raw: bytes, source: bytes, msg: Message, defects: list[str], envelope_sender: str | None) -> ParsedMessage:
+    tree = MimeTree(msg, defects, source)
     headers = hdr.read_headers(msg, defects)
     message_id, synthesised = hdr.message_id(headers, raw, defects)
     author = hdr.requester(headers, envelope_sender, defects)
@@ -62,10 +63,13 @@ def _read(raw: bytes, msg: Message, defects: list[str], envelope_sender: str | N
     text = text_of(plain_part, tree.effective_type(plain_part), defects) if plain_part is not None else ""
     html = text_of(html_part, tree.effective_type(html_part), defects) if html_part is not None else None
     collector = Collector(tree)
-    for part, in_related in tree.leaves(root):
-        if part is plain_part or part is html_part:
+    text, uu_files = extract_uuencoded(text)
+    for uu_file in uu_files:
+        collector.add_file(uu_file.name, uu_file.content)
+    for leaf in tree.leaves(root):
+        if leaf.part is plain_part or leaf.part is html_part:
             continue
-        collector.add(part, in_related)
+        collector.add(leaf)
     text, html = collector.adopt_tnef_bodies(text, html)
     if not text.strip() and html:
         text = html_to_text(html)
@@ -102,8 +106,9 @@ def _read(raw: bytes, msg: Message, defects: list[str], envelope_sender: str | N
     )
 
 
-def _parse_tree(raw: bytes) -> tuple[Message, list[str]]:
-    """The email package's tree, after undoing two breakages that would turn all headers into body."""
+def _parse_tree(raw: bytes) -> tuple[bytes, Message, list[str]]:
+    """The email package's tree, after undoing breakages that would turn all headers into body;
+    with the bytes it was parsed from (the raw message, or a copy with its head repaired)."""
     repairs: list[str] = []
     data = raw
     if data.startswith(_UTF8_BOM):
@@ -113,18 +118,18 @@ def _parse_tree(raw: bytes) -> tuple[Message, list[str]]:
     if _headers_lost(msg):
         start = _header_block_start(data)
         if start:
-            retry = _feed(data[start:])  # a copy, but only for this rare case
+            retry = _feed(data[start:])  # copies, but only in this rare case
             if not _headers_lost(retry):
                 skipped = best_effort(data[:start]).strip()
                 repairs.append(f"text before the header block skipped: {skipped[:80]!r}")
-                return retry, repairs
+                return data[start:], retry, repairs
         fixed = _repair_header_block(data)
         if fixed is not None:
             retry = _feed(fixed)
             if not _headers_lost(retry):
                 repairs.append("header block had lines that were neither fields nor folded; joined to the field before")
-                msg = retry
-    return msg, repairs
+                return fixed, retry, repairs
+    return data, msg, repairs
 
 
 def _headers_lost(msg: Message) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
 
@@ -29,9 +30,17 @@ _BOUNDARY_RE = re.compile(r"""boundary\s*=\s*(?:"([^"]+)"|([^\s;"]+))""", re.I)
 _MAX_BODY_DEPTH = 50
 
 
+@dataclass(frozen=True)
+class Leaf:
+    part: Message
+    in_related: bool  # inside multipart/related: an inline part of an HTML page
+    in_report: bool  # a direct child of a delivery report: the report or the returned message
+
+
 class MimeTree:
-    def __init__(self, msg: Message, defects: list[str]) -> None:
+    def __init__(self, msg: Message, defects: list[str], source: bytes = b"") -> None:
         self.msg = msg
+        self.source = source  # the bytes msg was parsed from (raw, or raw after a repair of its head)
         self.defects = defects
         self._recovered: dict[int, Message | None] = {}
         self._ctypes: dict[int, str] = {}
@@ -129,16 +138,18 @@ class MimeTree:
                 return found
         return None, None
 
-    def leaves(self, root: Message) -> Iterator[tuple[Message, bool]]:
-        """Every non-container part in document order, with whether it sits inside multipart/related."""
-        stack: list[tuple[Message, bool]] = [(root, False)]
+    def leaves(self, root: Message) -> Iterator[Leaf]:
+        """Every non-container part in document order, with where it sits."""
+        stack: list[Leaf] = [Leaf(root, in_related=False, in_report=False)]
         while stack:
-            part, in_related = stack.pop()
-            if self.kind(part) == "multipart":
-                related = in_related or self.content_type(part) == "multipart/related"
-                stack.extend((child, related) for child in reversed(self.children(part)))
+            leaf = stack.pop()
+            if self.kind(leaf.part) == "multipart":
+                ctype = self.content_type(leaf.part)
+                related = leaf.in_related or ctype == "multipart/related"
+                report = ctype == "multipart/report" and param(leaf.part, "report-type").lower() == "delivery-status"
+                stack.extend(Leaf(child, related, report) for child in reversed(self.children(leaf.part)))
             else:
-                yield part, in_related
+                yield leaf
 
     def collect_part_defects(self, root: Message) -> None:
         stack = [root]
