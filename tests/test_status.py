@@ -156,3 +156,28 @@ async def test_the_status_page_in_chromium(traffic, sink: RelaySink) -> None:
         assert await page.locator("script").count() == 0
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=ARTIFACTS / "status.png", full_page=True)
+
+
+async def test_metrics_count_imap_mail_and_show_which_mailbox_fails(traffic, dovecot: DovecotServer) -> None:
+    from tests.test_metrics import scrape, value
+
+    _, settings = traffic
+    instance = settings.instance_name
+    await wait_for_health(settings, lambda body: body["imap_failing"] == ["zle-haslo"], "the failing mailbox")
+    before, _ = await scrape(settings)
+    dovecot.append(make_mail(sender="druga@klient.example", subject="Druga z IMAP").as_bytes(policy=SMTP))
+    accepted = "gateway_messages_accepted_total"
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        after, _ = await scrape(settings)
+        fetched = value(after, accepted, source="imap", instance=instance) - value(
+            before, accepted, source="imap", instance=instance
+        )
+        if fetched >= 1:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "the IMAP message was never counted"
+        await asyncio.sleep(0.1)
+    assert fetched == 1
+    assert value(after, "gateway_imap_mailbox_up", instance=instance, mailbox="bok-imap") == 1
+    assert value(after, "gateway_imap_mailbox_up", instance=instance, mailbox="zle-haslo") == 0
+    assert ("gateway_imap_mailbox_up", frozenset({("instance", instance), ("mailbox", "zle-haslo")})) in after
