@@ -23,7 +23,7 @@ import aiosmtplib
 import httpx
 import pytest
 
-from gateway.smtp.reader import DataReader
+from gateway.smtp.data import DataReader, read_data
 from tests.helpers import REPO, SUPPORT
 from tests.servers.serve import Served, serve_env, start_serve
 
@@ -32,62 +32,56 @@ SMALL_SIZE = 8 * MIB  # SIZE of the serve processes here, so that a 400 MiB line
 DEADLINE = 30.0  # seconds any single wait on the server may take before the test fails
 
 
-# --- the DATA reader alone: any split of the same bytes gives the same message ---------------------
+# --- the DATA reader alone, on a real StreamReader fed in random splits --------------------------------
 
 
-def _read_all(pieces: list[bytes], size_limit: int | None = None) -> DataReader:
+async def _read_split(wire: bytes, rng: random.Random, size_limit: int | None = None) -> tuple[DataReader, bytes]:
+    """Read DATA from a StreamReader fed `wire` in random pieces; (the reader, what stayed in the stream)."""
+    stream = asyncio.StreamReader(limit=64)  # a small limit: many overrun chunks, many boundaries
     reader = DataReader(size_limit)
-    for piece in pieces:
-        reader.feed(piece)
-        if reader.finished:
-            break
-    return reader
+    reading = asyncio.ensure_future(read_data(stream, reader, lambda: None))
+    position = 0
+    while position < len(wire):
+        step = rng.choice((1, 2, 3, 5, 7, 64, 300))
+        stream.feed_data(wire[position : position + step])
+        position += step
+        await asyncio.sleep(0)
+    stream.feed_eof()
+    await asyncio.wait_for(reading, DEADLINE)
+    return reader, await stream.read()
 
 
-def _pieces(data: bytes, rng: random.Random) -> list[bytes]:
-    """Cut as StreamReader does: at every LF, and lines further into fragments of random length."""
-    pieces: list[bytes] = []
-    for line in data.splitlines(keepends=True):
-        while len(line) > 1 and rng.random() < 0.5:
-            cut = rng.randrange(1, len(line))
-            if line[:cut].endswith(b"\n"):
-                break
-            pieces.append(line[:cut])
-            line = line[cut:]
-        pieces.append(line)
-    return pieces
-
-
-def test_data_reader_unstuffs_after_crlf_only_and_ends_only_at_crlf_dot_crlf():
-    wire = (
-        b"..starts with a dot\r\n"
-        b"bare\n.\nnot the end\n"
-        b"crlf then dot lf\r\n.\n"
-        b"dot cr lf after bare lf\n.\r\n" + b"x" * 5000 + b"\r\n"
-        b".\r\n"
-        b"after the end\r\n"
-    )
-    expected = (
-        b".starts with a dot\r\n"
-        b"bare\n.\nnot the end\n"
-        b"crlf then dot lf\r\n\n"  # the dot after CRLF is a stuffing dot
-        b"dot cr lf after bare lf\n.\r\n" + b"x" * 5000 + b"\r\n"
-    )
+async def test_data_reader_unstuffs_after_crlf_only_and_ends_only_at_crlf_dot_crlf():
+    after = b"QUIT\r\n"  # a pipelined command after the final dot must stay in the stream
+    cases = [
+        # (on the wire, the message)
+        (b".\r\n", b""),
+        (b"\r\n.\r\n", b"\r\n"),
+        (b"..\r\n.\r\n", b".\r\n"),
+        (b"..x\r\n..\r\n\r\n.\r\n", b".x\r\n.\r\n\r\n"),
+        (b"\r\r\r\n\r\n.\r\n", b"\r\r\r\n\r\n"),
+        (
+            b"..starts with a dot\r\nbare\n.\nnot the end\ncrlf then dot lf\r\n.\n"
+            b"dot cr lf after bare lf\n.\r\n" + b"x" * 5000 + b"\r\n.\r\n",
+            b".starts with a dot\r\nbare\n.\nnot the end\ncrlf then dot lf\r\n\n"  # a stuffing dot after CRLF
+            b"dot cr lf after bare lf\n.\r\n" + b"x" * 5000 + b"\r\n",
+        ),
+    ]
     rng = random.Random(12)
-    for _ in range(200):
-        reader = _read_all(_pieces(wire, rng))
-        assert reader.finished
-        assert bytes(reader.content) == expected
+    for wire, message in cases:
+        for _ in range(50):
+            reader, left = await _read_split(wire + after, rng)
+            assert reader.finished and bytes(reader.content) == message, wire[:40]
+            assert left == after, "the reader took bytes after the final dot"
 
 
-def test_data_reader_keeps_nothing_past_the_size_limit():
-    reader = DataReader(1000)
-    for _ in range(100):
-        reader.feed(b"y" * 700)  # fragments of one endless line
-    assert reader.too_big and len(reader.content) == 0 and reader.size == 70_000
-    reader.feed(b"\r\n")
-    reader.feed(b".\r\n")
-    assert reader.finished
+async def test_data_reader_keeps_nothing_past_the_size_limit():
+    wire = b"y" * 70_000 + b"\r\n.\r\n"
+    reader, left = await _read_split(wire, random.Random(3), size_limit=1000)
+    assert reader.finished and reader.too_big and len(reader.content) == 0 and reader.size == 70_002
+    assert left == b""
+    reader, _left = await _read_split(b"y" * 998 + b"\r\n.\r\n", random.Random(3), size_limit=1000)
+    assert not reader.too_big and len(reader.content) == 1000, "exactly SIZE is accepted"
 
 
 # --- helpers for raw SMTP conversations ---------------------------------------------------------------
@@ -339,7 +333,7 @@ async def test_a_400_mib_line_is_refused_with_552_without_being_buffered(tmp_pat
 def test_the_open_file_limit_is_raised_to_the_hard_limit_at_start():
     script = (
         "import resource; from gateway.smtp.limits import raise_open_file_limit; "
-        "print(raise_open_file_limit(10), *resource.getrlimit(resource.RLIMIT_NOFILE))"
+        "print(raise_open_file_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))"
     )
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     low = 256 if hard == resource.RLIM_INFINITY else min(256, hard)

@@ -7,7 +7,8 @@
   `command_seconds` for every later command or piece of DATA (Postfix's `smtpd_timeout`); under
   stress (the house at least `STRESS_SHARE` full) every wait shrinks to `stress_seconds`, as
   Postfix's `smtpd_timeout = ${stress?10}${stress:300}` does, so idle connections make room.
-- `raise_open_file_limit` lifts RLIMIT_NOFILE's soft limit to the hard one at start-up.
+- `raise_open_file_limit` lifts RLIMIT_NOFILE's soft limit to the hard one at start-up, and
+  `sessions_that_fit` keeps the global cap below what that limit leaves for sessions.
 """
 
 from __future__ import annotations
@@ -143,11 +144,11 @@ class RefusingProtocol(asyncio.Protocol):
         pass
 
 
-def raise_open_file_limit(wanted_sessions: int) -> int:
+def raise_open_file_limit() -> int:
     """Lift the soft RLIMIT_NOFILE to the hard limit (as far as the system allows); returns the soft limit.
 
-    The default soft limit of 1 024 is below what 200 sessions, the database and HTTP can need
-    under a connection flood; the hard limit is what the administrator allows us.
+    The default soft limit of 1 024 is below what a connection flood, the database and HTTP can
+    need together; the hard limit is what the administrator allows us (LimitNOFILE=).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
@@ -157,13 +158,27 @@ def raise_open_file_limit(wanted_sessions: int) -> int:
             soft = target
         except (ValueError, OSError) as error:
             log.warning("could not raise the open-file limit from %s to %s: %s", soft, target, error)
-    if soft != resource.RLIM_INFINITY and soft < wanted_sessions + FD_RESERVE:
-        log.warning(
-            "open-file limit %s is low for smtp_max_connections=%s; raise LimitNOFILE / ulimit -Hn",
-            soft,
-            wanted_sessions,
-        )
     return soft
+
+
+def sessions_that_fit(configured: int, open_file_limit: int) -> int:
+    """The global session cap, lowered so that sessions cannot take the descriptors everything else needs.
+
+    Running out of descriptors breaks more than SMTP (HTTP accepts, database files); a 421 for
+    the excess connections is the better failure.
+    """
+    if open_file_limit == resource.RLIM_INFINITY:
+        return configured
+    fitting = max(open_file_limit - FD_RESERVE, open_file_limit // 4)
+    if configured <= 0 or configured > fitting:
+        log.warning(
+            "smtp_max_connections %s lowered to %s: the open-file limit is %s (raise LimitNOFILE / ulimit -Hn)",
+            configured or "unlimited",
+            fitting,
+            open_file_limit,
+        )
+        return fitting
+    return configured
 
 
 class GatedSessions(asyncio.Protocol):

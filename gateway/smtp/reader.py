@@ -7,13 +7,8 @@ SIZE says, and any line over 1 000 octets ends in a permanent `500` (the sender'
 handler hooks) is aiosmtpd's. Re-check it when upgrading aiosmtpd: it reads the private
 `_reader`, `_timeout_handle` and `_handle_hooks` exactly as aiosmtpd's own code does.
 
-The DATA rules (RFC 5321 §4.5.2 and §4.1.1.4, Postfix's `smtpd_forbid_bare_newline = normalize`):
-- only CRLF "." CRLF ends DATA; a bare LF is data, so `\\n.\\n` or `\\r\\n.\\n` cannot end it
-  (no SMTP smuggling);
-- a leading dot is removed from every line that follows a CRLF (dot-unstuffing), nothing else is
-  changed: lines of any length and bare LFs are kept byte-exact;
-- at most SIZE bytes are kept; past it the rest is read and thrown away as it arrives and the
-  transaction gets `552 5.3.4` after the final dot, so memory is bounded by SIZE plus one read.
+The DATA rules and the reader itself are in gateway.smtp.data: any line length, bare LF kept,
+only CRLF.CRLF ends DATA, memory bounded by SIZE (past it: `552 5.3.4` after the final dot).
 """
 
 from __future__ import annotations
@@ -24,64 +19,21 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
+from gateway.smtp.data import DataReader, read_data
 from gateway.smtp.limits import ConnectionGate, SessionTimeouts
 
 log = logging.getLogger(__name__)
 
 SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed maximum message size"
-# One read from the socket buffer during DATA, and the StreamReader's limit: a longer line is
-# handed over in pieces of about this size instead of being refused.
+# The StreamReader's limit: the most one read during DATA hands over, and half of what one
+# connection buffers before its socket is paused.
 READ_PIECE_BYTES = 64 * 1024
 # Re-arm the idle timer at most this often while DATA bytes keep coming (a timer per line is waste).
 _TIMER_REFRESH_SECONDS = 1.0
 
 
-class DataReader:
-    """The DATA state machine over the pieces StreamReader hands out (each ends at LF or is a fragment).
-
-    Kept apart from the protocol so that it can be fed any split of the same bytes in a test.
-    """
-
-    def __init__(self, size_limit: int | None) -> None:
-        self._size_limit = size_limit
-        self.content = bytearray()
-        self.size = 0  # bytes after unstuffing, also those thrown away past the limit
-        self.too_big = False
-        self.finished = False
-        self._at_line_start = True  # the previous piece ended with CRLF (or DATA just began)
-        self._after_cr = False  # the previous piece ended with CR (a CRLF may straddle two pieces)
-        self._held = b""  # "." or ".\r" at a line start, not yet known to be the end or a stuffing dot
-
-    def feed(self, piece: bytes) -> None:
-        """One piece: a line up to and including LF, or a fragment without LF."""
-        if self._held:
-            piece, self._held = self._held + piece, b""
-        if not piece:
-            return
-        if self._at_line_start and piece in (b".", b".\r"):
-            self._held = piece  # could still become the final ".\r\n": wait for the next piece
-            return
-        if self._at_line_start and piece[:1] == b".":
-            if piece == b".\r\n":
-                self.finished = True
-                return
-            piece = piece[1:]
-        ends_line = piece.endswith(b"\n")
-        crlf = ends_line and (piece.endswith(b"\r\n") or (piece == b"\n" and self._after_cr))
-        self._at_line_start = crlf
-        self._after_cr = piece.endswith(b"\r")
-        self.size += len(piece)
-        if self.too_big:
-            return
-        if self._size_limit and self.size > self._size_limit:
-            self.too_big = True
-            self.content = bytearray()  # give the memory back now, not after the final dot
-            return
-        self.content += piece
-
-
 class GatewaySMTP(SMTP):
-    """aiosmtpd's SMTP with the DATA reader above, enhanced codes on size refusals and our timeouts."""
+    """aiosmtpd's SMTP with gateway.smtp.data's DATA reader, enhanced codes on size refusals, our timeouts."""
 
     # aiosmtpd uses this as the StreamReader's limit (and as a DATA line limit we no longer apply):
     # it bounds what one connection buffers before the socket is paused (twice this).
@@ -176,23 +128,19 @@ class GatewaySMTP(SMTP):
         await self.push("250 OK" if status is MISSING else status)
 
     async def _read_data(self, reader: DataReader) -> None:
-        stream = self._reader
         loop = asyncio.get_running_loop()
         timer_armed_at = loop.time()
-        while self.transport is not None and not reader.finished:
-            try:
-                piece = await stream.readuntil(b"\n")
-            except asyncio.LimitOverrunError as overrun:
-                # No LF within the limit: hand over what was scanned (it holds no LF) and go on.
-                piece = await stream.read(overrun.consumed)
-            except asyncio.IncompleteReadError:
-                return  # EOF before the final dot: nothing is acknowledged
-            except asyncio.CancelledError:
-                log.debug("connection lost during DATA", extra={"peer": self.peer_ip})
-                self._writer.close()
-                raise
-            reader.feed(piece)
+
+        def progress() -> None:
+            nonlocal timer_armed_at
             if loop.time() - timer_armed_at > _TIMER_REFRESH_SECONDS:
                 # The idle timeout is about silence, not about how long a big message takes.
                 timer_armed_at = loop.time()
                 self._reset_timeout()
+
+        try:
+            await read_data(self._reader, reader, progress)
+        except asyncio.CancelledError:
+            log.debug("connection lost during DATA", extra={"peer": self.peer_ip})
+            self._writer.close()
+            raise

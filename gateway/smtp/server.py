@@ -9,7 +9,13 @@ from gateway.addresses import ReplyAddresses
 from gateway.intake import Intake
 from gateway.settings import Settings
 from gateway.smtp.handler import Authenticator, SmtpHandler
-from gateway.smtp.limits import ConnectionGate, GatedSessions, SessionTimeouts, raise_open_file_limit
+from gateway.smtp.limits import (
+    ConnectionGate,
+    GatedSessions,
+    SessionTimeouts,
+    raise_open_file_limit,
+    sessions_that_fit,
+)
 from gateway.smtp.reader import GatewaySMTP
 
 
@@ -22,11 +28,11 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def start_smtp_server(*, settings: Settings, intake: Intake, addresses: ReplyAddresses) -> asyncio.Server:
-    raise_open_file_limit(settings.smtp_max_connections)
+    max_sessions = sessions_that_fit(settings.smtp_max_connections, raise_open_file_limit())
     handler = SmtpHandler(settings=settings, intake=intake, addresses=addresses)
     tls_context = _tls_context(settings)
     authenticator = Authenticator(settings.smtp_auth_users) if settings.smtp_auth_users else None
-    gate = ConnectionGate(max_total=settings.smtp_max_connections, max_per_ip=settings.smtp_max_connections_per_ip)
+    gate = ConnectionGate(max_total=max_sessions, max_per_ip=settings.smtp_max_connections_per_ip)
     timeouts = SessionTimeouts(
         greeting_seconds=settings.smtp_greeting_timeout_seconds,
         command_seconds=settings.smtp_timeout_seconds,
