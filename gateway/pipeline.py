@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -23,6 +24,7 @@ from sqlmodel import Session
 
 from gateway.addresses import ReplyAddresses
 from gateway.classify import MailFacts, classify
+from gateway.metrics import PROCESSED, PROCESSING_TIME, QUARANTINED
 from gateway.outbound.choose import MailChoice
 from gateway.outbound.replies import Replies
 from gateway.parse import ParsedMessage, parse_message
@@ -30,6 +32,8 @@ from gateway.record import Inbound, Recorder
 from gateway.settings import Settings
 from gateway.staff.answer import StaffAnswers
 from gateway.threads import ThreadQuery, decide, has_thread_hints
+from gateway.trust.gate import TrustGate
+from gateway.trust.verdict import TrustVerdict
 from store import journal, outbox, processed
 from store.blobs import BlobStore
 from store.db import reading, transaction
@@ -66,23 +70,56 @@ class Pipeline:
         self._recorder = Recorder(settings=settings, blobs=blobs, is_own_address=self._is_own_address)
         self._mail = MailChoice(settings=settings, replies=replies)
         self._staff = StaffAnswers(recorder=self._recorder, mail=self._mail)
+        self._gate = TrustGate(settings=settings, addresses=addresses, replies=replies)
 
     # --- transaction ownership -----------------------------------------------------------------
 
     def process(self, journal_id: int) -> Outcome:
-        """Process one entry; returns what it came to."""
+        """Process one entry; returns what it came to (and counts it in the metrics)."""
+        started = time.perf_counter()
+        outcome = self._process(journal_id)
+        if outcome != Outcome.SKIPPED:
+            PROCESSED.labels(outcome=outcome.value).inc()
+            PROCESSING_TIME.observe(time.perf_counter() - started)
+        if outcome == Outcome.QUARANTINED:
+            QUARANTINED.inc()
+        return outcome
+
+    def _process(self, journal_id: int) -> Outcome:
         try:
             with reading(self._journal) as session:
                 entry = journal.get_entry(session=session, journal_id=journal_id)
             if entry is None or entry.status != JournalStatus.PENDING:
                 return Outcome.SKIPPED
+            limit = self._settings.poison_max_attempts
+            if entry.attempts >= limit:
+                # Every earlier attempt started and none finished: each one took the process down
+                # with it (or was killed). Trying again would only do that again, at every start.
+                reason = f"processing did not finish in {entry.attempts} attempts; the process may have died"
+                log.error("journal entry %s quarantined: %s", journal_id, reason)
+                return self._quarantine(journal_id, reason)
+            with transaction(self._journal) as session:  # committed before the work starts
+                if journal.begin_attempt(session=session, journal_id=journal_id) is None:
+                    return Outcome.SKIPPED
+        except OperationalError as error:
+            log.warning("journal entry %s deferred, database unavailable: %s", journal_id, error)
+            return Outcome.DEFERRED
+        outcome = self._attempt(entry)
+        if outcome in (Outcome.DEFERRED, Outcome.SKIPPED):
+            self._undo_attempt(journal_id)  # it finished, on purpose without an end: not a crash
+        return outcome
+
+    def _attempt(self, entry: JournalEntry) -> Outcome:
+        journal_id = entry.id or 0
+        try:
             parsed = parse_message(entry.raw)  # outside the write transaction: it can be slow
+            trust, parsed = self._gate.assess(entry, parsed)  # DNS lookups: outside it too
             with transaction(self._engine) as session:
                 if self._shared_journal and not journal.claim_pending(session=session, journal_id=journal_id):
                     return Outcome.SKIPPED  # another instance has it right now
                 finished = processed.get_processed(session=session, journal_id=journal_id)
                 if finished is None:
-                    finished = self._handle(session, self._inbound(entry, parsed))
+                    finished = self._handle(session, self._inbound(entry, parsed, trust))
                     processed.record_processed(session=session, entry=finished)
                 # else: done before a crash that came between this commit and the journal's
                 if self._shared_journal:
@@ -98,8 +135,7 @@ class Pipeline:
             return Outcome.DEFERRED
         except Exception as error:
             log.exception("journal entry %s quarantined", journal_id)
-            self._quarantine(journal_id, f"{type(error).__name__}: {error}")
-            return Outcome.QUARANTINED
+            return self._quarantine(journal_id, f"{type(error).__name__}: {error}")
 
     @staticmethod
     def _mark_journal(session: Session, finished: ProcessedEntry) -> None:
@@ -114,23 +150,33 @@ class Pipeline:
         with reading(self._journal) as journal_session:
             return journal.has_older_pending(session=journal_session, journal_id=journal_id)
 
-    def _quarantine(self, journal_id: int, reason: str) -> None:
+    def _quarantine(self, journal_id: int, reason: str) -> Outcome:
         try:
             with transaction(self._journal) as session:
                 journal.quarantine(session=session, journal_id=journal_id, reason=reason)
         except OperationalError as error:
             log.warning("could not quarantine entry %s (stays pending): %s", journal_id, error)
+            return Outcome.DEFERRED
+        return Outcome.QUARANTINED
 
-    def _inbound(self, entry: JournalEntry, parsed: ParsedMessage) -> Inbound:
+    def _undo_attempt(self, journal_id: int) -> None:
+        try:
+            with transaction(self._journal) as session:
+                journal.undo_attempt(session=session, journal_id=journal_id)
+        except OperationalError as error:  # the count stays one too high; the limit leaves room for that
+            log.warning("could not take back the attempt at entry %s: %s", journal_id, error)
+
+    def _inbound(self, entry: JournalEntry, parsed: ParsedMessage, trust: TrustVerdict) -> Inbound:
         facts = MailFacts(
             parsed=parsed,
             mail_from=entry.meta.get("mail_from"),
             own_addresses=self._is_own_address,
             loop_marker=self._replies.loop_marker,
             is_staff=self._settings.is_staff,
+            trust=trust,
         )
         panel = entry.meta.get("panel") or {}
-        return Inbound(entry=entry, parsed=parsed, verdict=classify(facts), panel=panel)
+        return Inbound(entry=entry, parsed=parsed, verdict=classify(facts), panel=panel, trust=trust)
 
     def _is_own_address(self, address: str) -> bool:
         address = address.lower()
@@ -186,10 +232,11 @@ class Pipeline:
             # A bounce or an out-of-office about an old closed case is not a new request: keep it
             # with that case (automatic mail never changes a case's status) instead of opening one.
             decision = replace(decision, case=decision.follows_case, follows_case=None)
+        inbound, decision = self._gate.judge(session, inbound, decision)  # events, spam, participants, auto-replies
         if (
             is_staff
             and decision.case is not None
-            and (decision.via == "staff_token" or entry.meta.get("authenticated"))
+            and self._gate.staff_reply_authentic(inbound)  # SMTP AUTH as that From, or DMARC pass
         ):
             self._staff.apply(session, inbound, decision.case)
             finished.case_id = decision.case.id
@@ -203,6 +250,7 @@ class Pipeline:
         message = self._recorder.store_message(session, inbound, case, direction=direction)
         refused = [a for a in self._recorder.store_attachments(session, inbound, message) if a.refused]
         self._recorder.touch_case(session, inbound, case)
+        self._gate.after_store(session, inbound, case, is_new=is_new)  # spam status, unverified staff
         if inbound.verdict.kind == VerdictKind.BOUNCE:
             self._mail.note_bounce(session, inbound)
         self._mail.after_customer_message(

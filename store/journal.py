@@ -42,12 +42,39 @@ def has_older_pending(*, session: Session, journal_id: int) -> bool:
     return session.exec(statement.limit(1)).first() is not None
 
 
+def begin_attempt(*, session: Session, journal_id: int) -> int | None:
+    """Count one more attempt at a pending entry, before it is processed; returns the count.
+
+    The caller commits this before it starts, so an attempt that kills the process is still on
+    record at the next start (None: the entry is not pending any more).
+    """
+    return session.execute(
+        update(JournalEntry)
+        .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == JournalStatus.PENDING)
+        .values(attempts=JournalEntry.attempts + 1)
+        .returning(col(JournalEntry.attempts))
+    ).scalar_one_or_none()
+
+
+def undo_attempt(*, session: Session, journal_id: int) -> None:
+    """Take back an attempt that ended with the entry still pending on purpose (deferred, skipped)."""
+    session.execute(
+        update(JournalEntry)
+        .where(
+            col(JournalEntry.id) == journal_id,
+            col(JournalEntry.status) == JournalStatus.PENDING,
+            col(JournalEntry.attempts) > 0,
+        )
+        .values(attempts=JournalEntry.attempts - 1)
+    )
+
+
 def finish(*, session: Session, journal_id: int, status: JournalStatus, reason: str | None = None) -> None:
     """Mark a pending entry done or duplicate (a no-op if it is not pending any more)."""
     session.execute(
         update(JournalEntry)
         .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == JournalStatus.PENDING)
-        .values(status=status, reason=reason, attempts=JournalEntry.attempts + 1, processed_at=utcnow())
+        .values(status=status, reason=reason, processed_at=utcnow())
     )
 
 
@@ -55,12 +82,7 @@ def quarantine(*, session: Session, journal_id: int, reason: str) -> None:
     session.execute(
         update(JournalEntry)
         .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == JournalStatus.PENDING)
-        .values(
-            status=JournalStatus.QUARANTINED,
-            reason=reason[:4000],
-            attempts=JournalEntry.attempts + 1,
-            processed_at=utcnow(),
-        )
+        .values(status=JournalStatus.QUARANTINED, reason=reason[:4000], processed_at=utcnow())
     )
 
 
@@ -79,11 +101,13 @@ def list_quarantined(*, session: Session) -> Sequence[JournalEntry]:
 
 
 def requeue_quarantined(*, session: Session, journal_id: int | None = None) -> list[int]:
-    """Put quarantined entries (one, or all when journal_id is None) back to pending."""
+    """Put quarantined entries (one, or all when journal_id is None) back to pending, with fresh attempts."""
     statement = select(JournalEntry.id).where(JournalEntry.status == JournalStatus.QUARANTINED)
     if journal_id is not None:
         statement = statement.where(JournalEntry.id == journal_id)
     ids = [id_ for id_ in session.exec(statement) if id_ is not None]
     if ids:
-        session.execute(update(JournalEntry).where(col(JournalEntry.id).in_(ids)).values(status=JournalStatus.PENDING))
+        session.execute(
+            update(JournalEntry).where(col(JournalEntry.id).in_(ids)).values(status=JournalStatus.PENDING, attempts=0)
+        )
     return ids
