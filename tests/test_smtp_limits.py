@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from gateway.smtp.data import DataReader, read_data
+from gateway.smtp.limits import FD_RESERVE, sessions_that_fit
 from tests.helpers import REPO, SUPPORT
 from tests.servers.serve import Served, serve_env, start_serve
 
@@ -348,6 +349,13 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit_at_start():
     returned, soft_after, hard_after = (int(value) for value in done.stdout.split())
     assert hard_after == hard and soft_after == returned
     assert soft_after == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+
+
+def test_the_session_cap_leaves_descriptors_for_everything_else():
+    assert sessions_that_fit(200, 20_000) == 200
+    assert sessions_that_fit(1000, 1024) == 1024 - FD_RESERVE
+    assert sessions_that_fit(0, 1024) == 1024 - FD_RESERVE, "no cap at all is capped too"
+    assert 0 < sessions_that_fit(200, 256) < 256
 
 
 # --- 1 100 idle connections ------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ class ConnectionGate:
 
     def note_timeout(self, ip: str) -> None:
         self.timed_out += 1
-        log.info("SMTP session timed out", extra={"peer": ip})
+        log.debug("SMTP session timed out", extra={"peer": ip})
 
 
 class RefusingProtocol(asyncio.Protocol):
