@@ -136,9 +136,23 @@ class ReplyAddresses:
         return self.check(token, sender=sender) is TokenCheck.VALID
 
     # --- bounces (VERP) ------------------------------------------------------------------------
-    # The outbound room adds the signed envelope sender of each outgoing message here:
-    #   for_bounce(*, message_id: str) -> str          e.g. bok+b-<token>@domain, used as MAIL FROM
-    #   bounce_message_id(address: str) -> str | None  the Message-ID a valid bounce address was
-    #                                                   made for; None when it is not one or its MAC fails
-    # A delivery report is a bounce of ours only when a recipient gives a Message-ID through
-    # bounce_message_id() and the report names that same Message-ID (gateway.trust.bounces).
+    # Each outgoing message leaves with its own signed envelope sender, so a delivery report can be
+    # told apart from a stranger's `multipart/report`: only one that arrives at the address made
+    # for a Message-ID, and names that Message-ID, is a bounce of ours (gateway.trust.gate).
+
+    def for_bounce(self, *, message_id: str) -> str:
+        """The envelope sender (MAIL FROM) of the outgoing message `message_id` (no angle brackets)."""
+        return f"{self._local}+b-{self._mac('bounce', message_id.strip('<>'))}@{self._domain}"
+
+    def check_bounce(self, address: str, *, message_id: str) -> TokenCheck:
+        """Whether `address` is the bounce address made for `message_id`."""
+        local, _, domain = address.strip().lower().rpartition("@")
+        prefix = self._local + "+b-"
+        if domain != self._domain or not local.startswith(prefix):
+            return TokenCheck.NOT_A_TOKEN
+        expected = self._mac("bounce", message_id.strip("<>"))
+        return TokenCheck.VALID if hmac.compare_digest(expected, local[len(prefix) :]) else TokenCheck.FORGED
+
+    def is_bounce_address(self, address: str) -> bool:
+        local, _, domain = address.strip().lower().rpartition("@")
+        return domain == self._domain and local.startswith(self._local + "+b-")

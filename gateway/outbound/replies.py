@@ -1,9 +1,11 @@
 """Outgoing mail: render a template, give it the headers of SPEC §6, and put it in the outbox.
 
 Every outgoing message is composed here and only here, so each one gets its own Message-ID
-(stored before sending), In-Reply-To/References of the conversation, the `[#NUMBER]` subject tag,
-a signed Reply-To, the loop marker, and on automatic mail Auto-Submitted and
-X-Auto-Response-Suppress.
+(unguessable, from `secrets`, stored before sending), a signed envelope sender bound to that
+Message-ID (VERP, `support+b-<mac>@domain`: where its bounces must arrive), In-Reply-To/References
+of the conversation, the `[#NUMBER]` subject tag, a signed Reply-To, the loop marker, and on
+automatic mail Auto-Submitted and X-Auto-Response-Suppress. Attachments are referred to by the
+blob they are stored as (compose.py), never copied into the row.
 """
 
 from __future__ import annotations
@@ -131,7 +133,9 @@ class Replies:
                 case_id=case.id,
                 kind=mail.kind,
                 automatic=mail.automatic,
-                mail_from=self._settings.support_address,
+                # VERP: a report that comes back to this address and names this Message-ID is
+                # a bounce of ours; any other multipart/report is just untrusted mail.
+                mail_from=self._addresses.for_bounce(message_id=message_id),
                 recipient=mail.recipient.lower(),
                 message_id=message_id,
                 raw=raw,
@@ -186,7 +190,7 @@ class Replies:
     def _headers(self, *, case: Case, mail: Outgoing, subject: str, message_id: str) -> list[tuple[str, str]]:
         settings = self._settings
         if mail.to_staff:
-            reply_to = self._addresses.for_staff(number=case.number)
+            reply_to = self._addresses.for_staff(number=case.number, staff_address=mail.recipient)
         else:
             reply_to = self._addresses.for_customer(number=case.number, customer=mail.recipient)
         headers = [
