@@ -60,7 +60,9 @@ class TextFormatter(logging.Formatter):
     """`2026-11-30T23:55:01.123Z INFO gateway.pipeline: message [journal_id=12 case_number=2026-000001]`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        # A message with line breaks (asyncio's error reports) stays one event: continuation lines indented.
+        message = record.getMessage().replace("\n", "\n    ")
+        line = f"{_timestamp(record)} {record.levelname} {record.name}: {message}"
         context = _context(record)
         if context:
             line += " [" + " ".join(f"{name}={value}" for name, value in context.items()) + "]"

@@ -6,7 +6,10 @@ import asyncio
 import io
 import json
 import logging
+import resource
 from pathlib import Path
+
+import aiosmtplib
 
 from gateway.logs import StormFilter, TextFormatter, bind, configure_logging
 from tests.helpers import SUPPORT
@@ -67,6 +70,8 @@ def test_context_fields_reach_the_text_line_and_bound_fields_merge_with_extra():
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, __import__("sys").exc_info())
     formatted = TextFormatter().format(record).splitlines()
     assert all(line.startswith("    ") for line in formatted[1:]), "traceback lines must be indented under the event"
+    multi_line = TextFormatter().format(_record("accept failed\nsocket: fd=12")).splitlines()
+    assert len(multi_line) == 2 and multi_line[1] == "    socket: fd=12"
 
 
 # --- a real serve process writing JSON ------------------------------------------------------------
@@ -120,3 +125,56 @@ async def test_serve_writes_json_lines_with_context_and_summarises_a_refusal_sto
     assert "repeated" not in first and first["peer"] == "127.0.0.1"
     assert sum(summary["repeated"] for summary in summaries) == 29
     assert any(event["message"].startswith("gateway ready") for event in every)
+
+
+async def test_running_out_of_descriptors_is_one_line_and_a_summary_and_the_gateway_recovers(tmp_path: Path):
+    """EMFILE on accept(): asyncio reports it every second; the log says it once, then a summary."""
+    env = serve_env(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'gateway.db'}",
+        f"maildir:{tmp_path / 'sent'}",
+        GATEWAY_LOG_FORMAT="json",
+        GATEWAY_LOG_STORM_SECONDS="2",
+    )
+    served = start_serve(env, tmp_path / "serve.log")
+    flood: list[asyncio.StreamWriter] = []
+    try:
+        # Leave the running gateway 15 descriptors beyond what it holds now (prlimit on its pid).
+        in_use = len(await asyncio.to_thread(lambda: list(Path(f"/proc/{served.process.pid}/fd").iterdir())))
+        soft, hard = resource.prlimit(served.process.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(served.process.pid, resource.RLIMIT_NOFILE, (in_use + 15, hard))
+
+        def emfile_events() -> list[dict]:
+            return [
+                event
+                for event in (json.loads(line) for line in served.log.read_text().splitlines() if line.strip())
+                if "out of system resource" in event["message"]
+            ]
+
+        # 60 connections from three addresses (20 each, the per-IP cap) hold more than 15 descriptors.
+        for source in ("127.0.2.1", "127.0.2.2", "127.0.2.3"):
+            for _ in range(20):
+                _reader, writer = await asyncio.open_connection("127.0.0.1", served.smtp_port, local_addr=(source, 0))
+                flood.append(writer)
+        wait_until(lambda: any("repeated" in event for event in emfile_events()), 30, "a summary of the EMFILE storm")
+        for writer in flood:
+            writer.close()
+        flood.clear()
+        resource.prlimit(served.process.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        # Descriptors are back: accept() resumes, mail and health answer again.
+        wait_until(lambda: served.healthz().status_code == 200, 30, "/healthz after the flood")
+        code, _message = await asyncio.wait_for(_send_one(served.smtp_port), 30)
+        assert code == 250
+    finally:
+        for writer in flood:
+            writer.close()
+        served.stop()
+    first, *rest = emfile_events()
+    assert "repeated" not in first
+    assert rest and all("repeated" in event for event in rest), "an EMFILE line was written twice"
+
+
+async def _send_one(port: int) -> tuple[int, str]:
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30) as client:
+        response = await client.sendmail("jan@klient.example", [SUPPORT], b"Subject: back\r\n\r\nhello\r\n")
+    return 250, response[1]

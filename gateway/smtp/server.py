@@ -62,7 +62,8 @@ async def start_smtp_server(*, settings: Settings, intake: Intake, addresses: Re
         lambda: GatedSessions(gate, settings.smtp_hostname, build_session),
         host=settings.smtp_host,
         port=settings.smtp_port,
-        # Postfix's default backlog; a flood waits in the kernel, not in our memory.
-        backlog=511,
+        # asyncio accepts up to `backlog` connections per loop tick before any of them runs, and on
+        # EMFILE (CPython 3.11) logs and schedules a retry once per remaining slot: keep it small.
+        backlog=100,
     )
     return server
