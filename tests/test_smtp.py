@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 
 import aiosmtplib
-from sqlalchemy import create_engine
 
 from tests.helpers import SUPPORT, all_cases, make_mail, send, settle
 
@@ -113,21 +112,4 @@ async def test_pipelined_commands_are_answered_in_order(gateway, settings):
     writer.close()
 
 
-async def test_journal_failure_answers_451_and_acknowledges_nothing(gateway, settings):
-    # A database that refuses connections: the real failure, pointed at a closed port.
-    assert gateway.intake is not None
-    healthy = gateway.intake._engine
-    gateway.intake._engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
-    try:
-        try:
-            await send(settings, make_mail(subject="not now"))
-        except aiosmtplib.SMTPDataError as error:
-            assert error.code == 451 and error.message.startswith("4.3.0")
-        else:
-            raise AssertionError("acknowledged without a journal")
-    finally:
-        gateway.intake._engine = healthy
-    code, _ = await send(settings, make_mail(subject="now it works"))
-    assert code == 250
-    await settle(gateway)
-    assert [case["subject"] for case in all_cases(gateway)] == ["now it works"]
+# The 451 on a journal that cannot be written: tests/test_contract_outage.py, with a real outage.
