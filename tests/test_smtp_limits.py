@@ -194,6 +194,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, 
     with serving(
         tmp_path_factory.mktemp("limited"),
         GATEWAY_SMTP_MAX_CONNECTIONS_PER_IP="5",
+        GATEWAY_TRUSTED_RELAYS="127.0.3.0/24",  # the MTA in front: no per-IP cap
         GATEWAY_SMTP_GREETING_TIMEOUT_SECONDS="3",
     ) as served_env:
         yield served_env
@@ -269,6 +270,12 @@ async def test_per_ip_cap_answers_421_and_other_addresses_still_get_in(limited):
         other_reader, other_writer = await connect(served.smtp_port, "127.0.0.6")
         assert (await read_reply(other_reader)).startswith(b"220")
         other_writer.close()
+        # A trusted relay brings everyone's mail from one address: it is not held to the per-IP cap.
+        relay = [await connect(served.smtp_port, "127.0.3.1") for _ in range(8)]
+        replies = [await read_reply(reader) for reader, _writer in relay]
+        for _reader, relay_writer in relay:
+            relay_writer.close()
+        assert all(reply.startswith(b"220") for reply in replies), replies
         # A place given back is a place to take again.
         held.pop()[1].close()
         deadline = time.monotonic() + DEADLINE

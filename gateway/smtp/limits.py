@@ -14,10 +14,11 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import resource
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,9 +64,12 @@ class SessionTimeouts:
 class ConnectionGate:
     """Live SMTP sessions, in total and per client IP; admits or refuses a new one."""
 
-    def __init__(self, *, max_total: int, max_per_ip: int) -> None:
+    def __init__(self, *, max_total: int, max_per_ip: int, exempt_networks: Iterable[str] = ()) -> None:
         self.max_total = max_total
         self.max_per_ip = max_per_ip
+        # The MTAs in front (trusted relays) bring everyone's mail from one address: like Postfix's
+        # smtpd_client_event_limit_exceptions = $mynetworks, they are not held to the per-IP cap.
+        self._exempt = [ipaddress.ip_network(network, strict=False) for network in exempt_networks]
         self.total = 0
         self._per_ip: Counter[str] = Counter()
         self.refused = 0
@@ -81,7 +85,7 @@ class ConnectionGate:
         """Count the session in and return None, or return why it is refused (a 421 template)."""
         if self.max_total > 0 and self.total >= self.max_total and not self._evict_idlest():
             reason = TOO_MANY_CONNECTIONS
-        elif self.max_per_ip > 0 and self._per_ip[ip] >= self.max_per_ip:
+        elif self.max_per_ip > 0 and self._per_ip[ip] >= self.max_per_ip and not self._exempted(ip):
             reason = TOO_MANY_FROM_YOU
         else:
             self.total += 1
@@ -91,6 +95,13 @@ class ConnectionGate:
         # One template per cause, so a flood of refusals is one line plus a summary (gateway.logs).
         log.warning("SMTP connection refused: %s", reason.split(" ", 3)[3], extra={"peer": ip})
         return reason
+
+    def _exempted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self._exempt)
 
     def track(self, session: Evictable) -> None:
         self._sessions.add(session)

@@ -32,7 +32,11 @@ async def start_smtp_server(*, settings: Settings, intake: Intake, addresses: Re
     handler = SmtpHandler(settings=settings, intake=intake, addresses=addresses)
     tls_context = _tls_context(settings)
     authenticator = Authenticator(settings.smtp_auth_users) if settings.smtp_auth_users else None
-    gate = ConnectionGate(max_total=max_sessions, max_per_ip=settings.smtp_max_connections_per_ip)
+    gate = ConnectionGate(
+        max_total=max_sessions,
+        max_per_ip=settings.smtp_max_connections_per_ip,
+        exempt_networks=settings.trusted_relays,
+    )
     timeouts = SessionTimeouts(
         greeting_seconds=settings.smtp_greeting_timeout_seconds,
         command_seconds=settings.smtp_timeout_seconds,
