@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     # --- SMTP limits (SPEC §13) ------------------------------------------------------------------
     # Live SMTP sessions in all (Postfix: process limit 100); past it new ones get 421 4.7.0 at once.
     smtp_max_connections: int = 200
-    # Live SMTP sessions per client IP (Postfix's smtpd_client_connection_count_limit is 50; MTAs use ~5).
+    # Live SMTP sessions per client IP (Postfix's is 50; MTAs open ~5); trusted_relays are exempt.
     smtp_max_connections_per_ip: int = 20
     # Seconds a client has after our banner for its first command (a silent client only holds a slot).
     smtp_greeting_timeout_seconds: float = 30.0
