@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.parse import ParsedMessage
+from gateway.trust.verdict import TrustVerdict
 from store.states import VerdictKind
 
 LOOP_HEADER = "X-Support-Gateway-Loop"
@@ -23,6 +24,7 @@ class MailFacts:
     own_addresses: Callable[[str], bool]  # is this address one of the gateway's own?
     loop_marker: str  # the value our outgoing mail carries in LOOP_HEADER
     is_staff: Callable[[str], bool]
+    trust: TrustVerdict | None = None  # gateway.trust: who really sent it (None: not judged, e.g. in tests)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ def our_loop_marker(facts: MailFacts) -> bool:
 
 def from_our_own_address(facts: MailFacts) -> bool:
     return bool(facts.parsed.from_address) and facts.own_addresses(facts.parsed.from_address)
+
+
+def spam_verdict(facts: MailFacts) -> bool:
+    # Only a trusted relay's spam headers reach the verdict; the sender's own are ignored there.
+    return facts.trust is not None and facts.trust.spam.flagged
 
 
 def delivery_status_report(facts: MailFacts) -> bool:
@@ -108,6 +115,7 @@ def from_staff(facts: MailFacts) -> bool:
 RULES: tuple[tuple[Callable[[MailFacts], bool], VerdictKind], ...] = (
     (our_loop_marker, VerdictKind.LOOP),
     (from_our_own_address, VerdictKind.LOOP),
+    (spam_verdict, VerdictKind.SPAM),
     (delivery_status_report, VerdictKind.BOUNCE),
     (mailer_daemon, VerdictKind.BOUNCE),
     (null_reverse_path, VerdictKind.BOUNCE),

@@ -236,7 +236,7 @@ class Pipeline:
         if (
             is_staff
             and decision.case is not None
-            and self._gate.staff_reply_authentic(inbound)  # SMTP AUTH as that From, or DMARC pass
+            and self._gate.staff_reply_authentic(inbound, decision)  # SMTP AUTH as that From, or DMARC pass
         ):
             self._staff.apply(session, inbound, decision.case)
             finished.case_id = decision.case.id

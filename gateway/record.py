@@ -7,7 +7,7 @@ Called by the pipeline inside its transaction; nothing here commits or decides w
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
@@ -18,6 +18,7 @@ from gateway.classify import Verdict
 from gateway.parse import ParsedAttachment, ParsedMessage
 from gateway.settings import Settings
 from gateway.threads import ThreadDecision
+from gateway.trust.verdict import AutoReply, TrustVerdict
 from store import cases, directory
 from store.blobs import BlobStore
 from store.models import Attachment, Case, JournalEntry, Message, SecurityEvent, utcnow
@@ -34,6 +35,10 @@ class Inbound:
     parsed: ParsedMessage
     verdict: Verdict
     panel: dict[str, Any]  # the panel's verified identity, {} for mail
+    trust: TrustVerdict = field(default_factory=TrustVerdict)  # who really sent it (gateway.trust)
+    # Set by gateway.trust.gate.judge: only proven mail adds participants; what automatic mail goes back.
+    adds_participants: bool = True
+    auto_reply: AutoReply = AutoReply.FULL
 
     @property
     def sender(self) -> str:
@@ -115,6 +120,7 @@ class Recorder:
             auto_generated=inbound.verdict.automatic,
             raw_sha256=entry.raw_sha256,
             defects=list(parsed.defects),
+            trust=inbound.trust.as_json(),
             received_at=entry.received_at,
         )
         cases.add_message(session=session, case=case, message=message)
@@ -122,7 +128,9 @@ class Recorder:
         cases.add_participants(
             session=session,
             case_id=case.id or 0,
-            emails=[a for a in (parsed.from_address, *parsed.to, *parsed.cc) if a and not own(a)],
+            emails=[a for a in (parsed.from_address, *parsed.to, *parsed.cc) if a and not own(a)]
+            if inbound.adds_participants
+            else [],
         )
         return message
 

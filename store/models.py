@@ -159,6 +159,8 @@ class Message(SQLModel, table=True):
     auto_generated: bool = False
     raw_sha256: str = Field(default="", index=True, max_length=64)
     defects: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # inbound and notes: gateway.trust.TrustVerdict.as_json() (who really sent it); None for our own mail
+    trust: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     # outbound only: the outbox row that carries it (queued | sent | failed lives there)
     outbox_id: int | None = Field(default=None, foreign_key="outbox_item.id")
     delivery_status: str | None = Field(default=None, max_length=12)
@@ -212,6 +214,7 @@ class OutboxItem(SQLModel, table=True):
     __table_args__ = (
         Index("ix_outbox_due", "status", "next_attempt_at"),
         Index("ix_outbox_recipient_created", "recipient", "created_at"),
+        Index("ix_outbox_item_created_at", "created_at"),  # the global hourly count of automatic mail
     )
 
     id: int | None = Field(default=None, primary_key=True)

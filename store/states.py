@@ -41,6 +41,7 @@ class CaseStatus(StrEnum):
     OPEN = "open"
     ANSWERED = "answered"
     CLOSED = "closed"
+    SPAM = "spam"  # opened by spam: never answered, never in the panel (README "Sender trust")
 
 
 class VerdictKind(StrEnum):
@@ -52,6 +53,7 @@ class VerdictKind(StrEnum):
     AUTO_REPLY = "auto_reply"
     STAFF = "staff"
     CUSTOMER = "customer"
+    SPAM = "spam"  # a trusted relay said so
 
 
 class Direction(StrEnum):

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 
 from gateway.app import Gateway
 from gateway.settings import Settings, load_settings
-from tests.helpers import BACKEND, PG_SERVER_URL, STAFF, STAFF_QUEUE, SUPPORT
+from tests.helpers import BACKEND, PG_SERVER_URL, STAFF, STAFF_QUEUE, SUPPORT, TRUSTED_AUTHSERV_ID
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -58,6 +58,12 @@ def settings_factory(tmp_path: Path, database_url: str):  # type: ignore[no-unty
             "signing_secret": "test-signing-secret",
             "outbox_poll_seconds": 0.2,
             "instance_name": f"test-{uuid.uuid4().hex[:6]}",
+            # Sender trust: never ask this machine's resolver; 127.0.0.1 (where the tests send from) is
+            # a trusted relay, so a test may authenticate mail with an Authentication-Results header
+            # of TRUSTED_AUTHSERV_ID (tests/helpers.py); tests/test_trust*.py start their own DNS server.
+            "sender_verification": "off",
+            "trusted_relays": ["127.0.0.1"],
+            "trusted_authserv_ids": [TRUSTED_AUTHSERV_ID],
         }
         values.update(overrides)
         return load_settings(**values)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -11,6 +11,7 @@ from gateway import classify
 from gateway.classify import LOOP_HEADER, RULES, MailFacts
 from gateway.classify import classify as classify_mail
 from gateway.parse import parse_message
+from gateway.trust.verdict import SpamResult, TrustVerdict
 
 SUPPORT = "bok@example.test"
 
@@ -53,6 +54,11 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
     "our_loop_marker": lambda: Example(
         matches=[facts(f"{LOOP_HEADER}: {SUPPORT}\n"), facts(f"{LOOP_HEADER}:  BOK@Example.TEST \n")],
         misses=[facts(), facts(f"{LOOP_HEADER}: other@gateway.example\n")],
+    ),
+    "spam_verdict": lambda: Example(
+        matches=[replace(facts(), trust=TrustVerdict(spam=SpamResult(flagged=True, score=9.0)))],
+        # Not flagged by a trusted relay: whatever the message's own headers say.
+        misses=[facts("X-Spam-Flag: YES\n"), replace(facts(), trust=TrustVerdict(spam=SpamResult(score=9.0)))],
     ),
     "from_our_own_address": lambda: Example(
         matches=[facts(sender=SUPPORT), facts(sender="Biuro <bok+2026-000001-abc@example.test>")],

@@ -24,6 +24,7 @@ from tests.helpers import (
     STAFF_QUEUE,
     SUPPORT,
     all_cases,
+    authenticated,
     case_by_number,
     engine_of,
     make_mail,
@@ -44,9 +45,14 @@ def outbox_count(gateway: Gateway) -> int:
 
 
 async def deliver(
-    gateway: Gateway, settings: Settings, message: EmailMessage | bytes, *, mail_from: str | None = None
+    gateway: Gateway,
+    settings: Settings,
+    message: EmailMessage | bytes,
+    *,
+    mail_from: str | None = None,
+    recipients: list[str] | None = None,
 ) -> None:
-    assert (await send(settings, message, mail_from=mail_from))[0] == 250
+    assert (await send(settings, message, mail_from=mail_from, recipients=recipients))[0] == 250
     await settle(gateway, outbox=True)
 
 
@@ -221,7 +227,7 @@ def outbound(gateway: Gateway, case_number: str) -> list[dict[str, Any]]:
 
 
 async def _case_with_ack(gateway: Gateway, settings: Settings) -> tuple[dict[str, Any], bytes]:
-    await deliver(gateway, settings, make_mail(sender=CUSTOMER))
+    await deliver(gateway, settings, authenticated(make_mail(sender=CUSTOMER)))  # a full acknowledgement
     [case] = all_cases(gateway)
     [ack] = [raw for raw in sent_mail(settings) if b"To: " + CUSTOMER.encode() in raw]
     return case, ack
@@ -236,6 +242,11 @@ def _set_status(gateway: Gateway, number: str, status: str, *, closed_days_ago: 
         session.add(case)
 
 
+def return_path(gateway: Gateway) -> list[str]:
+    """The signed envelope sender our acknowledgement left with: where its bounce arrives."""
+    return [_ack_row(gateway).mail_from]
+
+
 def _ack_row(gateway: Gateway) -> OutboxItem:
     with reading(engine_of(gateway)) as session:
         return session.exec(select(OutboxItem).where(OutboxItem.kind == "ack")).one()
@@ -247,7 +258,7 @@ async def test_a_bounce_attaches_to_its_case_and_marks_our_message_failed(gatewa
     _set_status(gateway, case["number"], status)
     mail_count = len(sent_mail(settings))
 
-    await deliver(gateway, settings, make_dsn(ack), mail_from="")
+    await deliver(gateway, settings, make_dsn(ack), mail_from="", recipients=return_path(gateway))
 
     [after] = all_cases(gateway)
     assert after["number"] == case["number"] and after["status"] == status  # not reopened, not changed
@@ -264,14 +275,14 @@ async def test_a_bounce_attaches_to_its_case_and_marks_our_message_failed(gatewa
     assert new_mail[0]["In-Reply-To"] == f"<{row.message_id}>" and CUSTOMER in str(new_mail[0]["Subject"])
 
     # The same bounce delivered again (another MTA, a retry): still one notice.
-    await deliver(gateway, settings, make_dsn(ack, status="5.1.2"), mail_from="")
+    await deliver(gateway, settings, make_dsn(ack, status="5.1.2"), mail_from="", recipients=return_path(gateway))
     assert len(sent_mail(settings)) == mail_count + 1
 
 
 async def test_a_bounce_for_a_case_closed_long_ago_still_attaches_to_it(gateway, settings):
     case, ack = await _case_with_ack(gateway, settings)
     _set_status(gateway, case["number"], "closed", closed_days_ago=settings.reopen_window_days + 10)
-    await deliver(gateway, settings, make_dsn(ack), mail_from="")
+    await deliver(gateway, settings, make_dsn(ack), mail_from="", recipients=return_path(gateway))
     [after] = all_cases(gateway)  # no new case "following" the old one
     assert after["status"] == "closed" and after["message_count"] == 3
     assert outbound(gateway, case["number"])[0]["delivery_status"] == "failed"
@@ -279,7 +290,13 @@ async def test_a_bounce_for_a_case_closed_long_ago_still_attaches_to_it(gateway,
 
 async def test_a_delay_notice_does_not_mark_the_message_failed(gateway, settings):
     case, ack = await _case_with_ack(gateway, settings)
-    await deliver(gateway, settings, make_dsn(ack, action="delayed", status="4.4.1"), mail_from="")
+    await deliver(
+        gateway,
+        settings,
+        make_dsn(ack, action="delayed", status="4.4.1"),
+        mail_from="",
+        recipients=return_path(gateway),
+    )
     [after] = all_cases(gateway)
     assert after["message_count"] == 3  # stored with the case
     assert outbound(gateway, case["number"])[0]["delivery_status"] == "sent"
@@ -295,7 +312,7 @@ async def test_an_exim_bounce_returning_our_whole_message(gateway, settings):
     assert raw.count(b"<ORIGINAL-MESSAGE-ID>") == 2  # References and the returned Message-Id
     raw = raw.replace(b"<ORIGINAL-MESSAGE-ID>", f"<{ack_id}>".encode())
     mail_count = len(sent_mail(settings))
-    await deliver(gateway, settings, raw, mail_from="")
+    await deliver(gateway, settings, raw, mail_from="", recipients=return_path(gateway))
     [after] = all_cases(gateway)
     assert after["number"] == case["number"]
     assert after["status"] == "open" and after["message_count"] == 3

@@ -29,6 +29,7 @@ from tests.helpers import (
     STAFF_QUEUE,
     SUPPORT,
     all_cases,
+    authenticated,
     case_by_number,
     engine_of,
     make_mail,
@@ -144,7 +145,7 @@ def staff_answer(
     )
     reply["In-Reply-To"] = notification["Message-ID"]
     reply["References"] = f"{notification['References'] or ''} {notification['Message-ID']}".strip()
-    return reply
+    return authenticated(reply)  # staff replies must be authenticated: DMARC pass from the trusted relay
 
 
 async def staff_sends(

@@ -35,6 +35,7 @@ EXTRA: dict[str, dict[str, Any]] = {
         "refused": [{"filename": "logi.zip", "size": 20_000_000, "reason": "over the 15 MiB limit"}],
         "is_new_case": True,
         "commands_help": True,
+        "sender_trust": "SPF pass, DKIM pass, DMARC pass: sender authenticated",
     },
     "attachment_refused": {
         "refused": [
@@ -45,6 +46,14 @@ EXTRA: dict[str, dict[str, Any]] = {
     },
     "closed": {"by_staff": False, "idle_days": 7},
     "stranger_split": {},
+    # README "Sender trust": to senders who are not authenticated, and to staff about forged staff mail.
+    "ack_unverified": {},
+    "attachment_refused_unverified": {"limit_bytes": 15 * 1024 * 1024},
+    "unverified_staff": {
+        "claimed_sender": "anna@example.test",
+        "sender_trust": "SPF fail, DKIM none, DMARC fail: sender NOT authenticated",
+        "body": "Proszę podać hasło.",
+    },
     "delivery_failed": {
         "recipient": "jan@example.com",
         "error": "550 5.1.1 <jan@example.com>: Recipient address rejected",

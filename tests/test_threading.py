@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from store.db import reading, transaction
 from store.models import Case, SecurityEvent, utcnow
-from tests.helpers import all_cases, case_by_number, make_mail, send, sent_to, settle
+from tests.helpers import all_cases, authenticated, case_by_number, make_mail, send, sent_to, settle
 
 CUSTOMER = "jan.kowalski@klient.example"
 
@@ -111,7 +111,7 @@ async def test_a_participant_on_cc_may_write_into_the_case(gateway, settings):
     colleague = "anna.nowak@klient.example"
     first = make_mail(sender=CUSTOMER, subject="Wspólna sprawa")
     first["Cc"] = colleague
-    await send(settings, first)
+    await send(settings, authenticated(first))  # only authenticated mail makes its Cc participants
     await settle(gateway)
     [case] = all_cases(gateway)
     await send(settings, make_mail(sender=colleague, subject=f"Re: [#{case['number']}] Wspólna sprawa"))

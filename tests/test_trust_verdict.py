@@ -51,7 +51,12 @@ async def make_gateway(settings_factory, dns: DnsServer):  # type: ignore[no-unt
     started: list[Gateway] = []
 
     async def make(**overrides: Any) -> tuple[Gateway, Settings]:
-        values: dict[str, Any] = {"dns_resolver": dns.address, "sender_verification": "on"}
+        values: dict[str, Any] = {
+            "dns_resolver": dns.address,
+            "sender_verification": "on",
+            "trusted_relays": [],  # 127.0.0.1 is trusted only where a test says so
+            "trusted_authserv_ids": [TRUSTED_AUTHSERV_ID],
+        }
         values.update(overrides)
         settings = settings_factory(**values)
         gateway = Gateway(settings)

@@ -63,6 +63,9 @@ def message_view(message: Message, attachments: list[Attachment]) -> dict[str, A
         "raw_sha256": message.raw_sha256,
         "delivery_status": message.delivery_status,
         "defects": message.defects,
+        # Sender trust (README "Sender trust"): None for our own mail.
+        "sender_authenticated": message.trust.get("sender_authenticated") if message.trust else None,
+        "authentication": message.trust,
         "attachments": [attachment_view(attachment) for attachment in attachments],
     }
 

@@ -16,6 +16,8 @@ from gateway.outbound.worker import mark_failed
 from gateway.parse import DeliveryReport, ParsedAttachment
 from gateway.record import Inbound
 from gateway.settings import Settings
+from gateway.trust.gate import number_only
+from gateway.trust.verdict import AutoReply
 from store import outbox
 from store.models import Attachment, Case, OutboxItem
 from store.states import VerdictKind
@@ -103,8 +105,10 @@ class MailChoice:
         mark_failed(session=session, item=item, error=error, settings=self._settings, replies=self._replies)
 
     def _to_sender(self, session: Session, case: Case, inbound: Inbound, kind: str, context: dict[str, Any]) -> None:
-        if not inbound.sender:
-            return
+        if not inbound.sender or inbound.auto_reply == AutoReply.NONE:
+            return  # gateway.trust.gate.judge: spam, a failed sender, the policy or the global cap
+        if inbound.auto_reply == AutoReply.NUMBER_ONLY:
+            kind, context = number_only(kind, context)  # nothing of an unproven sender's goes back
         self._replies.queue(
             session=session,
             case=case,
@@ -138,6 +142,7 @@ class MailChoice:
                     "refused": [{"filename": a.filename, "size": a.size, "reason": a.reason} for a in refused],
                     "is_new_case": is_new,
                     "commands_help": True,
+                    "sender_trust": inbound.trust.summary(),
                 },
                 in_reply_to=parsed.message_id,
                 references=parsed.references,

@@ -19,7 +19,7 @@ from gateway.settings import Settings
 from gateway.trust.checks import aligned, check_dkim, check_spf, dmarc_record, evaluate_dmarc
 from gateway.trust.resolver import Budget, LookupFailed, Resolver
 from gateway.trust.upstream import UpstreamResults, trusted_authentication_results, upstream_spam
-from gateway.trust.verdict import FAIL, PASS, TEMPERROR, MethodResult, Source, SpamResult, TrustVerdict
+from gateway.trust.verdict import FAIL, NONE, PASS, TEMPERROR, MethodResult, Source, SpamResult, TrustVerdict
 
 _HELO_IN_RECEIVED = re.compile(r"^from\s+(\S+)")
 # Sources whose sender can be checked: mail that crossed the internet to reach us.
@@ -147,6 +147,10 @@ class SenderTrust:
         budget: Budget,
     ) -> MethodResult:
         given = upstream.first("dmarc") if upstream else None
+        if given is not None and given.property("header.from") not in ("", from_domain):
+            # The relay judged another From than the one we read (a second From header, say).
+            detail = f"the relay's verdict was for {given.property('header.from')}"
+            return MethodResult(result=NONE, source=Source.TRUSTED_HEADER, domain=from_domain, detail=detail)
         if given is not None:
             policy = given.property("policy.dmarc") or given.property("policy.policy")
             return MethodResult(

@@ -29,6 +29,14 @@ TEMPERROR = "temperror"
 PERMERROR = "permerror"
 
 
+class AutoReply(StrEnum):
+    """What automatic mail (acknowledgement, attachment notice, stranger notice) a sender may get."""
+
+    FULL = "full"  # authenticated: the usual mail, their subject included
+    NUMBER_ONLY = "number_only"  # not authenticated, not failed: the case number, nothing of theirs
+    NONE = "none"  # spam, failed SPF/DMARC, policy "authenticated", or the global hourly cap reached
+
+
 @dataclass(frozen=True)
 class MethodResult:
     result: str = NONE  # pass | fail | softfail | neutral | none | temperror | permerror | policy
@@ -85,6 +93,8 @@ class TrustVerdict:
     authserv_id: str = ""  # the trusted Authentication-Results used, if any
     # An SMTP AUTH login that sent with a From it may not use: a forgery attempt by a known login.
     auth_login_mismatch: bool = False
+    # A multipart/report: "ours" (at the signed bounce address of the Message-ID it names), else "untrusted".
+    delivery_report: str = ""
 
     @property
     def failed(self) -> bool:
@@ -101,6 +111,7 @@ class TrustVerdict:
             "dmarc": self.dmarc.as_json(),
             "spam": self.spam.as_json(),
             "auth_login_mismatch": self.auth_login_mismatch,
+            "delivery_report": self.delivery_report,
         }
 
     @classmethod
@@ -115,6 +126,7 @@ class TrustVerdict:
             authenticated_by=str(data.get("authenticated_by", "")),
             authserv_id=str(data.get("authserv_id", "")),
             auth_login_mismatch=bool(data.get("auth_login_mismatch", False)),
+            delivery_report=str(data.get("delivery_report", "")),
         )
 
     def summary(self) -> str:
