@@ -32,7 +32,7 @@ from typing import Any, TextIO
 CONTEXT_FIELDS = ("journal_id", "case_number", "outbox_id", "peer", "mailbox", "instance")
 _DIGITS = re.compile(r"\d+")
 # Libraries that log one line per job run or per SMTP command: noise in an operator's log.
-_QUIET_LOGGERS = ("apscheduler", "mail.log", "uvicorn.access")
+_QUIET_LOGGERS = ("apscheduler", "mail.log", "uvicorn.access", "alembic.runtime.plugins")
 
 
 class ContextAdapter(logging.LoggerAdapter[logging.Logger]):
