@@ -366,6 +366,14 @@ class DovecotServer:
             raise RuntimeError(f"no APPENDUID in {data!r}")
         return int(match.group(1))
 
+    def append_many(self, raws: list[bytes], *, user: str = "support", folder: str = "INBOX") -> None:
+        """APPEND each of `raws` in order over one connection (CRLF only, as `append`)."""
+        with self.client(user) as connection:
+            for raw in raws:
+                if re.search(rb"\r(?!\n)|(?<!\r)\n", raw):
+                    raise ValueError("test messages must use CRLF line endings to round-trip byte-exact")
+                _ok(connection.append(_quote(folder), None, None, raw))
+
     def create_folder(self, folder: str, *, user: str = "support") -> None:
         with self.client(user) as connection:
             _ok(connection.create(_quote(folder)))
