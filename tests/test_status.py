@@ -59,10 +59,12 @@ async def traffic(settings_factory, dovecot: DovecotServer, sink: RelaySink) -> 
         for number in range(3):
             assert (await send(settings, make_mail(subject=f"Awaria {number}")))[0] == 250
         assert (await send(settings, make_mail(sender=UNREACHABLE, subject="Adres nie istnieje")))[0] == 250
+        spam = make_mail(sender="tani@spam.example", subject="Tanie leki", headers={"X-Spam-Flag": "YES"})
+        assert (await send(settings, spam))[0] == 250  # from the trusted relay (127.0.0.1), flagged
         async with httpx.AsyncClient(base_url=base(settings), timeout=60) as client:
             await put_directory(client, settings)
             assert (await new_message(client, bearer(token(settings)))).status_code == 201
-        await wait_for_health(settings, lambda body: _journaled(gateway) >= 6, "the IMAP message")
+        await wait_for_health(settings, lambda body: _journaled(gateway) >= 7, "the IMAP message")
         await settle(gateway, outbox=True)
         yield gateway, settings
     finally:
@@ -141,11 +143,12 @@ async def test_the_status_page_in_chromium(traffic, sink: RelaySink) -> None:
         await expect(page.locator("#quarantine .value")).to_have_text("0")
         await expect(page.locator("#outbox .value")).to_have_text("0")
         await expect(page.locator("#failed .value")).to_have_text("1")
+        await expect(page.locator("#spam .value")).to_have_text("1")
         await expect(page.locator("#failures")).to_contain_text(UNREACHABLE)
         await expect(page.locator("#failures")).to_contain_text("550")
-        # 3 SMTP, 1 refused-address SMTP, 1 panel, 1 IMAP: accepted and processed in the last hours.
-        await expect(page.locator("#total-accepted strong")).to_have_text("6")
-        await expect(page.locator("#total-processed strong")).to_have_text("6")
+        # 3 SMTP, 1 refused-address SMTP, 1 spam, 1 panel, 1 IMAP: accepted and processed in the last hours.
+        await expect(page.locator("#total-accepted strong")).to_have_text("7")
+        await expect(page.locator("#total-processed strong")).to_have_text("7")
         await expect(page.locator("#total-sent strong")).to_have_text(str(sent))
         failing = page.locator('tr[data-mailbox="zle-haslo"]')
         await expect(failing.locator(".state")).to_have_class(re.compile(r"\bbad\b"))
