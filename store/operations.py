@@ -16,9 +16,8 @@ from sqlalchemy.orm import Mapped
 from sqlmodel import Session, col, select
 
 from store.models import Case, JournalEntry, OutboxItem
-from store.states import JournalStatus, OutboxStatus
+from store.states import CaseStatus, JournalStatus, OutboxStatus
 
-SPAM_STATUS = "spam"  # a case stored as spam (sender trust, issue 12)
 HOUR_FORMAT = "%Y-%m-%d %H"
 Timestamp = Mapped[datetime] | Mapped[datetime | None]  # a timestamp column of a table
 
@@ -65,7 +64,7 @@ def outbox_figures(*, session: Session, now: datetime) -> OutboxFigures:
 
 
 def spam_cases(*, session: Session) -> int:
-    return session.exec(select(func.count()).select_from(Case).where(Case.status == SPAM_STATUS)).one()
+    return session.exec(select(func.count()).select_from(Case).where(Case.status == CaseStatus.SPAM)).one()
 
 
 def recent_failures(*, session: Session, limit: int = 10) -> Sequence[OutboxItem]:
