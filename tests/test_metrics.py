@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 from gateway.app import Gateway
 from gateway.intake import Intake
 from gateway.settings import Settings
-from tests.helpers import PG_SERVER_URL, make_mail, send, settle
+from tests.helpers import PG_SERVER_URL, make_mail, send, sent_mail, settle
 from tests.servers.serve import Served, serve_env, start_serve, wait_until
 from tests.test_panel_api import bearer, new_message, put_directory, token
 
@@ -55,6 +55,7 @@ async def scrape(settings: Settings) -> tuple[Samples, httpx.Response]:
 async def test_scrape_counts_what_was_sent_over_smtp_and_the_panel(gateway: Gateway, settings: Settings) -> None:
     instance = settings.instance_name
     before, _ = await scrape(settings)
+    relayed_before = len(sent_mail(settings))
     for number in range(3):
         assert (await send(settings, make_mail(subject=f"Metryki {number}")))[0] == 250
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=60) as client:
@@ -83,6 +84,14 @@ async def test_scrape_counts_what_was_sent_over_smtp_and_the_panel(gateway: Gate
         - value(before, latency, source="smtp", instance=instance)
         == 3
     )
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, instance=instance, **labels) - value(before, name, instance=instance, **labels)
+
+    # The steps' own counters: five entries stored, every relayed file counted once.
+    assert delta("gateway_messages_processed_total", outcome="done") == 5
+    assert delta("gateway_processing_seconds_count") == 5
+    assert delta("gateway_outbox_attempts_total", result="sent") == len(sent_mail(settings)) - relayed_before > 0
     # Every sample says which instance it comes from.
     assert all(dict(labels).get("instance") == instance for _, labels in after)
     # Settled: nothing waits, in the journal or in the outbox.
