@@ -83,10 +83,11 @@ class ConnectionGate:
 
     def admit(self, ip: str) -> str | None:
         """Count the session in and return None, or return why it is refused (a 421 template)."""
-        if self.max_total > 0 and self.total >= self.max_total and not self._evict_idlest():
-            reason = TOO_MANY_CONNECTIONS
-        elif self.max_per_ip > 0 and self._per_ip[ip] >= self.max_per_ip and not self._exempted(ip):
+        # The per-IP cap first: nobody is evicted to make room for a client that would be refused anyway.
+        if self.max_per_ip > 0 and self._per_ip[ip] >= self.max_per_ip and not self._exempted(ip):
             reason = TOO_MANY_FROM_YOU
+        elif self.max_total > 0 and self.total >= self.max_total and not self._evict_idlest():
+            reason = TOO_MANY_CONNECTIONS
         else:
             self.total += 1
             self._per_ip[ip] += 1
@@ -131,9 +132,6 @@ class ConnectionGate:
         self._per_ip[ip] -= 1
         if self._per_ip[ip] <= 0:
             del self._per_ip[ip]
-
-    def count_for(self, ip: str) -> int:
-        return self._per_ip[ip]
 
     def note_timeout(self, ip: str) -> None:
         self.timed_out += 1
