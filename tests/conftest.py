@@ -4,6 +4,8 @@ The backend is SQLite by default; `GATEWAY_TEST_BACKEND=postgresql` runs the sam
 fresh PostgreSQL database per test (created on the server at GATEWAY_TEST_PG_URL).
 """
 
+import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +17,56 @@ from sqlalchemy import create_engine, text
 from gateway.app import Gateway
 from gateway.settings import Settings, load_settings
 from tests.helpers import BACKEND, PG_SERVER_URL, STAFF, STAFF_QUEUE, SUPPORT, TRUSTED_AUTHSERV_ID
+
+
+def _missing_components() -> list[str]:
+    """What the suite drives for real and this machine lacks: PostgreSQL, Dovecot, Chromium."""
+    from tests.servers.chromium import CANDIDATES
+    from tests.servers.dovecot import dovecot_binary
+
+    missing = []
+    try:
+        engine = create_engine(PG_SERVER_URL)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as error:
+        missing.append(f"PostgreSQL at {PG_SERVER_URL} ({type(error).__name__})")
+    if dovecot_binary() is None:
+        missing.append("Dovecot (dovecot-imapd)")
+    if not any(shutil.which(name) for name in CANDIDATES):
+        missing.append(f"Chromium (one of {', '.join(CANDIDATES)} on PATH)")
+    return missing
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A missing required component stops the run as an error: the tests that need it would otherwise
+    fail one by one (or, worse, be skipped and read as passed). tests/install-system-deps.sh installs them."""
+    if session.config.option.collectonly:
+        return
+    missing = _missing_components()
+    if missing:
+        pytest.exit(
+            "required for the test suite and missing: " + "; ".join(missing) + " (run tests/install-system-deps.sh)",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With GATEWAY_TEST_NO_SKIPS=1 (CI, where ../shared is beside the clone) any skip fails the run:
+    only the optional corpus may skip, and CI has it."""
+    if os.environ.get("GATEWAY_TEST_NO_SKIPS") == "1" and _skipped:
+        print("\nGATEWAY_TEST_NO_SKIPS=1 and these tests were skipped:\n  " + "\n  ".join(_skipped))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
