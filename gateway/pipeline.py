@@ -39,6 +39,7 @@ from store.blobs import BlobStore
 from store.db import reading, transaction
 from store.models import JournalEntry, ProcessedEntry, utcnow
 from store.states import Direction, JournalStatus, Outcome, VerdictKind
+from store.text import storable_value
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,12 @@ class Pipeline:
     def _attempt(self, entry: JournalEntry) -> Outcome:
         journal_id = entry.id or 0
         try:
-            parsed = parse_message(entry.raw)  # outside the write transaction: it can be slow
+            # The row keeps the envelope as received; what the steps read from it must be storable
+            # (a NUL in MAIL FROM must not quarantine the message on PostgreSQL). In memory only.
+            entry.meta = storable_value(entry.meta)
+            # Outside the write transaction: it can be slow. The envelope sender is the requester's
+            # last resort when no header names a usable address.
+            parsed = parse_message(entry.raw, envelope_sender=entry.meta.get("mail_from"))
             trust, parsed = self._gate.assess(entry, parsed)  # DNS lookups: outside it too
             with transaction(self._engine) as session:
                 if self._shared_journal and not journal.claim_pending(session=session, journal_id=journal_id):

@@ -16,6 +16,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
+from store.text import make_row_storable
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -111,3 +113,11 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
         finally:
             connection.exec_driver_sql("SELECT pg_advisory_unlock(7205001)")
             connection.commit()
+
+
+@event.listens_for(Session, "before_flush")
+def _storable_rows(session: Session, _context: Any, _instances: Any) -> None:
+    # Every row written through a session, whoever built it: no NUL, lone surrogate or over-long
+    # VARCHAR value reaches the backend (store.text says why).
+    for row in (*session.new, *session.dirty):
+        make_row_storable(row)

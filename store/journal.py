@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 
 from store.models import JournalEntry, utcnow
 from store.states import JournalStatus
+from store.text import storable_text
 
 
 def get_entry(*, session: Session, journal_id: int) -> JournalEntry | None:
@@ -74,7 +75,7 @@ def finish(*, session: Session, journal_id: int, status: JournalStatus, reason: 
     session.execute(
         update(JournalEntry)
         .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == JournalStatus.PENDING)
-        .values(status=status, reason=reason, processed_at=utcnow())
+        .values(status=status, reason=None if reason is None else storable_text(reason), processed_at=utcnow())
     )
 
 
@@ -82,7 +83,7 @@ def quarantine(*, session: Session, journal_id: int, reason: str) -> None:
     session.execute(
         update(JournalEntry)
         .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == JournalStatus.PENDING)
-        .values(status=JournalStatus.QUARANTINED, reason=reason[:4000], processed_at=utcnow())
+        .values(status=JournalStatus.QUARANTINED, reason=storable_text(reason)[:4000], processed_at=utcnow())
     )
 
 
