@@ -12,7 +12,10 @@ need_root() {
 
 missing=()
 command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# The same names tests/servers/chromium.py looks for on PATH.
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+  || command -v google-chrome >/dev/null 2>&1 || missing+=(chromium)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v pg_lsclusters >/dev/null 2>&1 || missing+=(postgresql)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies config/support-gateway.service
