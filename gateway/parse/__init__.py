@@ -6,8 +6,17 @@ modules and its parsing libraries (tnefparse), never another gateway room; the r
 imports it only through the names re-exported here.
 """
 
+from gateway.parse.budget import DEFAULT_BUDGET, ParseBudget
 from gateway.parse.model import DeliveryReport, ParsedAttachment, ParsedMessage
 from gateway.parse.parser import parse_message
 from gateway.parse.text import html_to_text
 
-__all__ = ["DeliveryReport", "ParsedAttachment", "ParsedMessage", "html_to_text", "parse_message"]
+__all__ = [
+    "DEFAULT_BUDGET",
+    "DeliveryReport",
+    "ParseBudget",
+    "ParsedAttachment",
+    "ParsedMessage",
+    "html_to_text",
+    "parse_message",
+]

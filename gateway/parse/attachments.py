@@ -10,6 +10,7 @@ import binascii
 import mimetypes
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -51,6 +52,7 @@ _EXTENSIONS = {
     "application/octet-stream": ".bin",
 }
 _MAX_FILENAME = 200
+_NOT_UNPACKED = "parts-not-unpacked"  # the name of the refused entry that stands for parts past a budget
 _MAX_DESCRIPTION = 100  # longer descriptions are prose, not names
 _HAS_EXTENSION_RE = re.compile(r"\.[A-Za-z0-9]{1,5}$")
 _CID_FILENAME_RE = re.compile(r"^[\w][\w\-. ()]*\.[A-Za-z0-9]{2,5}$")
@@ -81,14 +83,26 @@ class Pending:
 class Collector:
     """Gathers the attachments of one message, and the bodies found inside winmail.dat files."""
 
-    def __init__(self, tree: MimeTree) -> None:
+    def __init__(self, tree: MimeTree, *, container_budget: int, expired: Callable[[], bool]) -> None:
         self.tree = tree
+        self.container_budget = container_budget  # bytes winmail.dat files may still unpack to
+        self.expired = expired
         self.defects = tree.defects
         self.pending: list[Pending] = []
         self.tnef_bodies: list[TnefContent] = []
+        self.refusals: dict[str, tuple[int, int]] = {}  # why parts were not unpacked -> (parts, bytes unread)
+
+    def refuse(self, reason: str, count: int, *, unread_bytes: int = 0) -> None:
+        """Parts not unpacked: one refused entry per reason, not one row per part of a bomb."""
+        parts, unread = self.refusals.get(reason, (0, 0))
+        self.refusals[reason] = (parts + count, unread + unread_bytes)
 
     def add(self, leaf: Leaf) -> None:
         part = leaf.part
+        refusal = self.tree.refused.get(id(part))
+        if refusal is not None:
+            self.refuse(refusal.reason, 1)
+            return
         ctype = self.tree.effective_type(part)
         name = clean_filename(declared_filename(part) or location_name(part) or "")
         if "\ufffd" in name:
@@ -167,11 +181,12 @@ class Collector:
 
     def _unpack_tnef(self, content: bytes) -> TnefContent | None:
         try:
-            unpacked = unpack_tnef(content)
+            unpacked = unpack_tnef(content, max_output=self.container_budget, expired=self.expired)
         except TnefError as exc:
             self.defects.append(f"winmail.dat not unpackable ({exc}); kept as is")
             return None
         self.defects.extend(unpacked.defects)
+        self.container_budget -= unpacked.output_bytes
         if unpacked.empty:
             self.defects.append("winmail.dat holds no attachments and no body; kept as is")
             return None
@@ -203,6 +218,12 @@ class Collector:
             by_cid = item.content_id is not None and (item.content_id.lower() in referenced or item.inline_hint)
             inline = by_cid or (item.location is not None and item.location in sources)
             result.append(ParsedAttachment(name, item.content_type, item.content, item.content_id, inline))
+        for reason, (count, unread) in self.refusals.items():
+            parts = f"{count} MIME part{'s' if count != 1 else ''}" if count else ""
+            rest = f"the last {unread} bytes" if unread else ""
+            what = f"{' and '.join(filter(None, (parts, rest)))} not unpacked: {reason}"
+            self.defects.append(what)
+            result.append(ParsedAttachment(_NOT_UNPACKED, "application/octet-stream", b"", refused_reason=what))
         return tuple(result)
 
 

@@ -43,10 +43,14 @@ class Header:
 def read_headers(msg: Message, defects: list[str]) -> list[Header]:
     headers = []
     budget = _STRUCTURED_BUDGET
+    fast = 0
     for name, value in raw_items(msg):
         header = read_header(name, value, defects, structured=budget > 0)
         budget -= len(header.raw)
+        fast += header.obj is None and budget <= 0
         headers.append(header)
+    if fast:
+        defects.append(f"{fast} header fields past {_STRUCTURED_BUDGET} bytes read without the structured parser")
     return headers
 
 
@@ -56,7 +60,8 @@ def read_header(name: str, value: str, defects: list[str], *, structured: bool =
     if not structured or len(raw) > _STRUCTURED_LIMIT:
         # The policy's header parser slows down quadratically (16 KB of addresses: 0.5 s);
         # huge or numerous headers are decoded by our linear path instead.
-        defects.append(f"header {name}: {len(raw)} characters, read without the structured parser")
+        if len(raw) > _STRUCTURED_LIMIT:
+            defects.append(f"header {name}: {len(raw)} characters, read without the structured parser")
         return Header(name, raw, None, _display(decode_words(raw, f"header {name}", defects)).strip())
     obj: object | None
     try:

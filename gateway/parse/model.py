@@ -13,6 +13,9 @@ class ParsedAttachment:
     content: bytes  # decoded content
     content_id: str | None = None  # without angle brackets
     inline: bool = False  # an inline part referenced from the HTML by cid:
+    # Set when the part was not unpacked (a MIME budget was used up): content is then b"" and the
+    # entry is to be recorded as refused with this reason, like an attachment over the size limit.
+    refused_reason: str | None = None
 
     @property
     def size(self) -> int:

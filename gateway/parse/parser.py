@@ -8,53 +8,65 @@ from __future__ import annotations
 
 import re
 from email.errors import MissingHeaderBodySeparatorDefect
-from email.feedparser import BytesFeedParser
 from email.message import Message
 
 import gateway.parse.headers as hdr
 from gateway.parse.attachments import Collector
+from gateway.parse.budget import DEFAULT_BUDGET, Deadline, ParseBudget
 from gateway.parse.charsets import best_effort, guess_codec
 from gateway.parse.content import text_of
 from gateway.parse.digest import content_digest
 from gateway.parse.dsn import guarded_report
+from gateway.parse.feed import FeedResult, feed
 from gateway.parse.model import ParsedMessage
-from gateway.parse.parts import LINEBREAK_RE, POLICY, eight_bit_sample, header_codec, raw_items
+from gateway.parse.parts import LINEBREAK_RE, eight_bit_sample, header_codec, raw_items
 from gateway.parse.storable import storable, storable_text
 from gateway.parse.text import html_to_text
 from gateway.parse.uuencode import extract_uuencoded
 from gateway.parse.walk import MimeTree
 
-_FEED_CHUNK = 1 << 20
 _UTF8_BOM = b"\xef\xbb\xbf"
 _FIELD_LINE_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 _MAX_LEADING_LINES = 3  # lines of text before the header block we look past
 _KEY_FIELDS = frozenset({b"from", b"subject", b"date", b"to", b"message-id", b"received", b"return-path"})
 
 
-def parse_message(raw: bytes, *, envelope_sender: str | None = None) -> ParsedMessage:
+def parse_message(
+    raw: bytes, *, envelope_sender: str | None = None, budget: ParseBudget = DEFAULT_BUDGET
+) -> ParsedMessage:
     """Parse one RFC 5322 message. Never raises: what cannot be read is degraded and listed in defects.
 
     `envelope_sender` (SMTP MAIL FROM, as journaled) is the requester's last resort when no header
-    names a usable address.
+    names a usable address. `budget` bounds the work one message may cost (see budget.py).
     """
+    deadline = Deadline(budget)
     try:
-        source, msg, repairs = _parse_tree(raw)
+        source, fed, repairs = _parse_tree(raw, budget, deadline)
     except Exception as exc:  # the parser is lenient, but nothing may escape from here
         return _unparseable(raw, f"message not parseable: {type(exc).__name__}: {exc}")
     try:
-        items = raw_items(msg)
-        codec = guess_codec(eight_bit_sample(items))
+        codec = guess_codec(eight_bit_sample(raw_items(fed.msg)))
         if codec is not None:
             repairs.append(f"8-bit header text without a declared charset read as {codec}")
         with header_codec(codec):
-            parsed = _read(raw, source, msg, repairs, envelope_sender)
+            parsed = _read(raw, source, fed, repairs, envelope_sender, budget, deadline)
     except Exception as exc:  # a bug or an edge nobody foresaw: keep the bytes readable, record why
         return _unparseable(raw, f"parser failed: {type(exc).__name__}: {exc}")
-    return storable(parsed)
+    return storable(parsed, max_defects=budget.max_defects)
 
 
-def _read(raw: bytes, source: bytes, msg: Message, defects: list[str], envelope_sender: str | None) -> ParsedMessage:
-    tree = MimeTree(msg, defects, source)
+def _read(
+    raw: bytes,
+    source: bytes,
+    fed: FeedResult,
+    defects: list[str],
+    envelope_sender: str | None,
+    budget: ParseBudget,
+    deadline: Deadline,
+) -> ParsedMessage:
+    msg = fed.msg
+    defects.extend(fed.notes)
+    tree = MimeTree(msg, defects, source, fed.refused)
     headers = hdr.read_headers(msg, defects)
     message_id, synthesised = hdr.message_id(headers, raw, defects)
     author = hdr.requester(headers, envelope_sender, defects)
@@ -62,14 +74,18 @@ def _read(raw: bytes, source: bytes, msg: Message, defects: list[str], envelope_
     plain_part, html_part = tree.bodies(root)
     text = text_of(plain_part, tree.effective_type(plain_part), defects) if plain_part is not None else ""
     html = text_of(html_part, tree.effective_type(html_part), defects) if html_part is not None else None
-    collector = Collector(tree)
+    collector = Collector(tree, container_budget=budget.max_container_output_bytes, expired=deadline.expired)
     text, uu_files = extract_uuencoded(text)
     for uu_file in uu_files:
         collector.add_file(uu_file.name, uu_file.content)
-    for leaf in tree.leaves(root):
-        if leaf.part is plain_part or leaf.part is html_part:
-            continue
+    leaves = [leaf for leaf in tree.leaves(root) if leaf.part is not plain_part and leaf.part is not html_part]
+    for index, leaf in enumerate(leaves):
+        if deadline.expired():
+            collector.refuse(deadline.reason, len(leaves) - index)
+            break
         collector.add(leaf)
+    if fed.unread_bytes:
+        collector.refuse(fed.unread_reason, 0, unread_bytes=fed.unread_bytes)
     text, html = collector.adopt_tnef_bodies(text, html)
     if not text.strip() and html:
         text = html_to_text(html)
@@ -106,7 +122,7 @@ def _read(raw: bytes, source: bytes, msg: Message, defects: list[str], envelope_
     )
 
 
-def _parse_tree(raw: bytes) -> tuple[bytes, Message, list[str]]:
+def _parse_tree(raw: bytes, budget: ParseBudget, deadline: Deadline) -> tuple[bytes, FeedResult, list[str]]:
     """The email package's tree, after undoing breakages that would turn all headers into body;
     with the bytes it was parsed from (the raw message, or a copy with its head repaired)."""
     repairs: list[str] = []
@@ -114,22 +130,22 @@ def _parse_tree(raw: bytes) -> tuple[bytes, Message, list[str]]:
     if data.startswith(_UTF8_BOM):
         data = data[len(_UTF8_BOM) :]  # slicing copies, but only for this rare case
         repairs.append("message starts with a byte order mark; ignored")
-    msg = _feed(data)
-    if _headers_lost(msg):
+    fed = feed(data, budget, deadline)
+    if _headers_lost(fed.msg):
         start = _header_block_start(data)
         if start:
-            retry = _feed(data[start:])  # copies, but only in this rare case
-            if not _headers_lost(retry):
+            retry = feed(data[start:], budget, deadline)  # copies, but only in this rare case
+            if not _headers_lost(retry.msg):
                 skipped = best_effort(data[:start]).strip()
                 repairs.append(f"text before the header block skipped: {skipped[:80]!r}")
                 return data[start:], retry, repairs
         fixed = _repair_header_block(data)
         if fixed is not None:
-            retry = _feed(fixed)
-            if not _headers_lost(retry):
+            retry = feed(fixed, budget, deadline)
+            if not _headers_lost(retry.msg):
                 repairs.append("header block had lines that were neither fields nor folded; joined to the field before")
                 return fixed, retry, repairs
-    return data, msg, repairs
+    return data, fed, repairs
 
 
 def _headers_lost(msg: Message) -> bool:
@@ -152,16 +168,6 @@ def _header_block_start(data: bytes) -> int:
             if names & _KEY_FIELDS:
                 return offset
     return 0
-
-
-def _feed(data: bytes) -> Message:
-    """Parse in slices: handing the parser one huge string would keep a decoded copy of the whole
-    message alive next to its line list, about 1.5x the message size more at the peak."""
-    parser = BytesFeedParser(policy=POLICY)
-    view = memoryview(data)
-    for offset in range(0, len(data), _FEED_CHUNK):
-        parser.feed(bytes(view[offset : offset + _FEED_CHUNK]))
-    return parser.close()
 
 
 def _repair_header_block(data: bytes) -> bytes | None:

@@ -30,6 +30,7 @@ def _attachment(item: ParsedAttachment) -> ParsedAttachment:
         filename=storable_text(item.filename),
         content_type=storable_text(item.content_type),
         content_id=None if item.content_id is None else storable_text(item.content_id),
+        refused_reason=None if item.refused_reason is None else storable_text(item.refused_reason),
     )
 
 
@@ -46,8 +47,13 @@ def _report(report: DeliveryReport | None) -> DeliveryReport | None:
     )
 
 
-def storable(parsed: ParsedMessage) -> ParsedMessage:
-    """The same message with every text field storable (bytes fields are left as they are)."""
+def storable(parsed: ParsedMessage, *, max_defects: int) -> ParsedMessage:
+    """The same message with every text field storable (bytes fields are left as they are), and
+    at most `max_defects` defects listed (the rest counted in the last one)."""
+    defects = tuple(dict.fromkeys(_texts(parsed.defects)))
+    if len(defects) > max_defects:
+        kept = max(max_defects - 1, 0)
+        defects = (*defects[:kept], f"{len(defects) - kept} more defects not listed")
     return dataclasses.replace(
         parsed,
         message_id=storable_text(parsed.message_id),
@@ -66,6 +72,6 @@ def storable(parsed: ParsedMessage) -> ParsedMessage:
         html=None if parsed.html is None else storable_text(parsed.html),
         attachments=tuple(_attachment(item) for item in parsed.attachments),
         headers=tuple((storable_text(name), storable_text(value)) for name, value in parsed.headers),
-        defects=tuple(dict.fromkeys(_texts(parsed.defects))),
+        defects=defects,
         delivery_report=_report(parsed.delivery_report),
     )

@@ -14,6 +14,7 @@ import contextvars
 import logging
 import mimetypes
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,12 +62,22 @@ class TnefContent:
     defects: tuple[str, ...]
 
     @property
+    def output_bytes(self) -> int:
+        files = sum(len(f.content) for f in self.files)
+        return files + len(self.text or "") + len(self.html or "") + len(self.rtf or b"")
+
+    @property
     def empty(self) -> bool:
         return not (self.files or self.text or self.html or self.rtf)
 
 
-def unpack_tnef(data: bytes) -> TnefContent:
-    """Read a TNEF stream; raise TnefError if it is not one, or too costly to read."""
+def _never() -> bool:
+    return False
+
+
+def unpack_tnef(data: bytes, *, max_output: int = _MAX_RTF, expired: Callable[[], bool] = _never) -> TnefContent:
+    """Read a TNEF stream; raise TnefError if it is not one, or too costly to read: more than
+    `max_output` bytes out (a "TNEF bomb" of compressed RTF), or past the time budget (`expired`)."""
     _check_object_walk(data)
     budget = _property_budget.set([_MAX_PROPERTIES])
     try:
@@ -81,7 +92,9 @@ def unpack_tnef(data: bytes) -> TnefContent:
     codepage = _codec_name(tnef.codepage)
     text = _as_text(tnef.body, codepage)
     html = _as_text(tnef.htmlbody, codepage)
-    rtf = _rtf_body(tnef, defects, files)
+    if sum(len(f.content) for f in files) + len(text) + len(html) > max_output:
+        raise TnefError(f"unpacks to more than {max_output} bytes, the budget for containers")
+    rtf = _rtf_body(tnef, defects, files, max_output - sum(len(f.content) for f in files), expired)
     return TnefContent(tuple(files), text or None, html or None, rtf, tuple(defects))
 
 
@@ -203,21 +216,24 @@ def _as_text(value: object, codepage: str) -> str:
     return text.replace("\x00", "").replace("\r\n", "\n")
 
 
-def _rtf_body(tnef: tnefparse.TNEF, defects: list[str], files: list[TnefFile]) -> bytes | None:
+def _rtf_body(
+    tnef: tnefparse.TNEF, defects: list[str], files: list[TnefFile], max_output: int, expired: Callable[[], bool]
+) -> bytes | None:
     # tnefparse keeps the compressed RTF private and only decompresses it with an extra package.
     compressed = getattr(tnef, "_rtfbody", None)
     if not compressed:
         return None
     try:
-        return decompress_rtf(bytes(compressed)).rstrip(b"\x00")
+        return decompress_rtf(bytes(compressed), max_output=max_output, expired=expired).rstrip(b"\x00")
     except ValueError as exc:  # kept as it came, so nothing is lost
         defects.append(f"winmail.dat RTF body not decompressed ({exc}); kept as body.rtf.lzfu")
         files.append(TnefFile("body.rtf.lzfu", "application/octet-stream", bytes(compressed)))
         return None
 
 
-def decompress_rtf(data: bytes) -> bytes:
-    """Decompress an MS-OXRTFCP stream ("LZFu" or "MELA"); ValueError if it is not one."""
+def decompress_rtf(data: bytes, *, max_output: int = _MAX_RTF, expired: Callable[[], bool] = _never) -> bytes:
+    """Decompress an MS-OXRTFCP stream ("LZFu" or "MELA"); ValueError if it is not one, or if it
+    would produce more than `max_output` bytes or take past the time budget."""
     if len(data) < 16:
         raise ValueError("RTF stream shorter than its header")
     _comp_size, raw_size, comp_type, _crc = struct.unpack_from("<IIII", data, 0)
@@ -225,17 +241,18 @@ def decompress_rtf(data: bytes) -> bytes:
         return data[16 : 16 + raw_size]
     if comp_type != _LZFU:
         raise ValueError(f"unknown RTF compression {comp_type:#x}")
-    if raw_size > _MAX_RTF:
+    if raw_size > min(_MAX_RTF, max_output):
         raise ValueError(f"RTF claims {raw_size} bytes, more than we decompress")
-    return _lzfu(data, raw_size)
+    return _lzfu(data, raw_size, expired)
 
 
-def _lzfu(data: bytes, raw_size: int) -> bytes:
+def _lzfu(data: bytes, raw_size: int, expired: Callable[[], bool]) -> bytes:
     window = bytearray(4096)
     window[: len(_RTF_PRESET)] = _RTF_PRESET
     write = len(_RTF_PRESET)
     out = bytearray()
     pos, end = 16, len(data)
+    groups = 0
     while pos < end:
         control = data[pos]
         pos += 1
@@ -263,4 +280,7 @@ def _lzfu(data: bytes, raw_size: int) -> bytes:
                 write = (write + 1) & 0xFFF
             if len(out) >= raw_size:  # the header's size bounds the work, whatever follows
                 return bytes(out[:raw_size])
+        groups += 1
+        if not groups & 0x3FFF and expired():  # pure Python (~4 MB/s): the time budget is checked here
+            raise ValueError("time budget used up while decompressing")
     return bytes(out[:raw_size])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
 
+from gateway.parse.feed import Refusal
 from gateway.parse.parts import (
     POLICY,
     content_id,
@@ -38,8 +39,11 @@ class Leaf:
 
 
 class MimeTree:
-    def __init__(self, msg: Message, defects: list[str], source: bytes = b"") -> None:
+    def __init__(
+        self, msg: Message, defects: list[str], source: bytes = b"", refused: dict[int, Refusal] | None = None
+    ) -> None:
         self.msg = msg
+        self.refused = refused or {}  # id(part) -> why the feed parser did not unpack it
         self.source = source  # the bytes msg was parsed from (raw, or raw after a repair of its head)
         self.defects = defects
         self._recovered: dict[int, Message | None] = {}
