@@ -182,6 +182,20 @@ class Settings(BaseSettings):
     # Started attempts at one journal entry that never finished (the process died) before it is
     # quarantined as poison; 3 lets a message survive two unrelated crashes (Postfix has no equivalent).
     poison_max_attempts: int = 3
+    # MIME parts unpacked per message; the rest become one refused entry (real mail: < 50; a bomb: 20 000).
+    mime_max_parts: int = 500
+    # Nesting of multipart/message parts; deeper ones are not unpacked (real mail: < 10; at most 200).
+    mime_max_depth: int = 50
+    # Header fields kept per part; From, Subject, Message-ID... are kept past it (real mail: < 200).
+    mime_max_headers: int = 2000
+    # Header bytes kept per part (real mail: a few KiB; 1 MiB leaves room for huge To/Cc lists).
+    mime_max_header_bytes: int = 1 << 20
+    # Defects listed per message, the rest counted (a broken message lists tens; keeps rows small).
+    mime_max_defects: int = 200
+    # Bytes winmail.dat (TNEF) may unpack to per message (the SIZE limit: a bomb stops there).
+    mime_max_container_output_bytes: int = 64 << 20
+    # Seconds one message may take to parse before the rest is left not unpacked (normal: < 1 s).
+    mime_max_processing_seconds: float = 20.0
 
     # --- sender trust (SPEC §12) -----------------------------------------------------------------
     # MTAs in front of the gateway (IPs/CIDRs); only their Authentication-Results/spam headers count. Empty: none.
