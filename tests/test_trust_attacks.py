@@ -21,7 +21,6 @@ from gateway.app import Gateway
 from gateway.settings import Settings
 from store.db import reading
 from store.models import OutboxItem
-from store.sender_trust import security_events
 from tests.helpers import (
     STAFF,
     STAFF_QUEUE,
@@ -39,6 +38,7 @@ from tests.trust_helpers import (
     TRUSTED_AUTHSERV_ID,
     DkimKey,
     dkim_signed,
+    events,
     make_dkim_key,
     publish_test_domains,
     with_headers,
@@ -104,11 +104,6 @@ def text_of(message: EmailMessage) -> str:
     body = message.get_body(preferencelist=("plain",))
     assert body is not None
     return str(body.get_content())
-
-
-def events(gateway: Gateway, kind: str) -> list[str]:
-    with reading(engine_of(gateway)) as session:
-        return [event.sender for event in security_events(session=session, kind=kind)]
 
 
 def outbox_kinds(gateway: Gateway) -> list[tuple[str, str]]:

@@ -261,3 +261,37 @@ async def test_the_verdict_survives_storage(gw, dkim_key):
     raw = dkim_signed(make_mail(sender="jan@klient.example"), dkim_key)
     verdict = await verdict_of(gateway, settings, raw, mail_from="jan@klient.example")
     assert TrustVerdict.from_json(verdict.as_json()) == verdict
+
+
+async def test_lookups_are_cached_across_messages(gw, dns, dkim_key):
+    _gateway, settings = gw
+    trust = SenderTrust(settings, resolver=Resolver(settings.dns_resolver))
+    for _ in range(3):
+        raw = dkim_signed(make_mail(sender="jan@klient.example"), dkim_key)
+        parsed = parse_message(raw)
+        verdict = trust.assess(
+            raw=raw,
+            headers=parsed.headers,
+            from_address=parsed.from_address,
+            arrival=Arrival(source="smtp", peer="127.0.0.1", helo="mx.klient.example", mail_from="jan@klient.example"),
+        )
+        assert verdict.sender_authenticated
+    asked = [name for name, _ in dns.queries]
+    assert asked.count("klient.example.") == 1  # SPF
+    assert asked.count("sel._domainkey.klient.example.") == 1  # DKIM key
+    assert asked.count("_dmarc.klient.example.") == 1
+
+
+async def test_a_resolver_that_timed_out_is_not_asked_again_for_a_while(gw, dns):
+    _gateway, settings = gw
+    trust = SenderTrust(settings.model_copy(update={"sender_verification_budget_seconds": 1.0}))
+    dns.silent = True
+    arrival = Arrival(source="smtp", peer="127.0.0.1", helo="mx.klient.example", mail_from="jan@klient.example")
+    raw = make_mail(sender="jan@klient.example").as_bytes()
+    parsed = parse_message(raw)
+    first = trust.assess(raw=raw, headers=parsed.headers, from_address=parsed.from_address, arrival=arrival)
+    asked = len(dns.queries)
+    assert asked >= 1 and first.spf.result == "temperror"
+    second = trust.assess(raw=raw, headers=parsed.headers, from_address=parsed.from_address, arrival=arrival)
+    assert second.spf.result == second.dmarc.result == "temperror"
+    assert len(dns.queries) == asked  # the next message did not wait on it again

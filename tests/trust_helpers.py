@@ -16,6 +16,10 @@ from email.message import EmailMessage
 
 import dkim
 
+from gateway.app import Gateway
+from store.db import reading
+from store.sender_trust import security_events
+from tests.helpers import engine_of
 from tests.servers.dns import DnsServer
 
 TRUSTED_AUTHSERV_ID = "mx.example.test"
@@ -64,3 +68,9 @@ def dkim_signed(message: EmailMessage | bytes, key: DkimKey, *, domain: str = "k
 def with_headers(raw: bytes, *lines: str) -> bytes:
     """`raw` with header lines prepended, as a relay in front of us would add them."""
     return "".join(f"{line}\r\n" for line in lines).encode() + raw
+
+
+def events(gateway: Gateway, kind: str) -> list[str]:
+    """The senders of the security events of `kind` the gateway recorded, oldest first."""
+    with reading(engine_of(gateway)) as session:
+        return [event.sender for event in security_events(session=session, kind=kind)]

@@ -1,7 +1,8 @@
 """A throwaway authoritative DNS server for the tests: UDP and TCP on 127.0.0.1, a port the OS picks.
 
 Records are added while it runs (`add("klient.example", "TXT", "v=spf1 ip4:127.0.0.1 -all")`);
-anything not added is NXDOMAIN. `silent = True` makes it swallow queries (an unreachable resolver).
+anything not added is NXDOMAIN. `silent = True` makes it swallow queries (an unreachable resolver);
+`queries` lists every question asked, answered or not.
 Answers larger than 512 bytes over UDP are truncated, so the TCP path is exercised as a real
 resolver would use it. Built on dnspython's wire format, in threads: the gateway resolves in threads too.
 """
@@ -51,13 +52,13 @@ class DnsServer:
         self.add(name, "TXT", " ".join('"' + chunk.replace('"', '\\"') + '"' for chunk in chunks))
 
     def answer(self, wire: bytes, *, over_udp: bool) -> bytes | None:
-        if self.silent:
-            return None
         query = dns.message.from_wire(wire)
-        response = dns.message.make_response(query)
-        response.flags |= dns.flags.AA
         question = query.question[0]
         self.queries.append((question.name.to_text(), dns.rdatatype.to_text(question.rdtype)))
+        if self.silent:
+            return None
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
         with self._lock:
             values = list(self._records.get((question.name, question.rdtype), []))
             name_exists = any(name == question.name for name, _ in self._records)
