@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "peak_memory": "bench.peak_memory",
     "panel_list": "bench.panel_list",
     "storage_growth": "bench.storage_growth",
+    "sustained": "bench.sustained",
 }
 
 USAGE = __doc__.split("\n\n")[1]
