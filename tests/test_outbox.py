@@ -10,29 +10,27 @@ import asyncio
 import email
 import itertools
 import random
+import signal
 import smtplib
 import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import timedelta
 from email import policy
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
 from sqlmodel import col, select
 
-from gateway.app import Components, Gateway
+from gateway.app import Gateway
 from gateway.outbound.relay import make_relay
-from gateway.outbound.replies import Outgoing
 from gateway.outbound.worker import OutboxWorker
 from gateway.settings import Settings
-from store.db import make_engine, reading, transaction
-from store.models import Case, Message, OutboxItem, utcnow
+from store.db import make_engine, reading
+from store.models import Message, OutboxItem
 from tests.helpers import STAFF_QUEUE, make_mail, send, settle
 from tests.servers.relay_sink import DROP, RelaySink
-from tests.servers.serve import serve_env, start_serve
+from tests.servers.serve import serve_env, start_serve, wait_until
 
 CUSTOMER = "jan.kowalski@klient.example"
 BACKOFF = 0.2
@@ -66,8 +64,13 @@ def outbox_rows(gateway: Gateway) -> list[OutboxItem]:
 
 
 def row_of(gateway: Gateway, *, kind: str, recipient: str) -> OutboxItem:
-    [row] = [r for r in outbox_rows(gateway) if r.kind == kind and r.recipient == recipient]
+    [row] = [r for r in outbox_rows(gateway) if _kind(r) == kind and r.recipient == recipient]
     return row
+
+
+def _kind(row: OutboxItem) -> str:
+    """The kind of mail, whichever variant: an unverified sender's acknowledgement is still one."""
+    return row.kind.removesuffix("_unverified")
 
 
 def delivery_status(gateway: Gateway, outbox_id: int) -> str | None:
@@ -160,9 +163,9 @@ async def test_next_attempt_is_scheduled_after_a_failure(relayed, relay_settings
     await customer_writes(relayed, relay_settings)
     # Wait for a moment between attempts (status queued), not one caught in the middle of an attempt.
     rows = await wait_rows(
-        relayed, lambda rows: any(r.kind == "ack" and r.attempts >= 3 and r.status == "queued" for r in rows)
+        relayed, lambda rows: any(_kind(r) == "ack" and r.attempts >= 3 and r.status == "queued" for r in rows)
     )
-    [row] = [r for r in rows if r.kind == "ack"]
+    [row] = [r for r in rows if _kind(r) == "ack"]
     assert row.next_attempt_at > row.created_at
     assert row.claimed_by is None and row.claimed_until is None
     assert sink.accepted_to(CUSTOMER) == []
@@ -220,7 +223,7 @@ async def test_the_give_up_age_turns_temporary_failures_into_a_failure(settings_
     await gateway.start()
     try:
         await customer_writes(gateway, settings)
-        await wait_rows(gateway, lambda rows: any(r.kind == "ack" and r.status == "failed" for r in rows))
+        await wait_rows(gateway, lambda rows: any(_kind(r) == "ack" and r.status == "failed" for r in rows))
         row = row_of(gateway, kind="ack", recipient=CUSTOMER)
         assert row.attempts >= 2 and "gave up" in (row.last_error or "")
         assert delivery_status(gateway, row.id or 0) == "failed"
@@ -237,7 +240,7 @@ async def test_a_failed_staff_notice_does_not_notify_about_itself(relayed, relay
     await customer_writes(relayed, relay_settings)
     await settle(relayed, outbox=True)
     assert row_of(relayed, kind="notification", recipient=STAFF_QUEUE).status == "failed"
-    assert [r.kind for r in outbox_rows(relayed)] == ["ack", "notification"]
+    assert [_kind(r) for r in outbox_rows(relayed)] == ["ack", "notification"]
     assert len(sink.accepted_to(CUSTOMER)) == 1
 
 
@@ -264,45 +267,59 @@ async def test_two_instances_on_one_database_send_each_message_once(settings_fac
         await first.stop()
 
 
-async def test_an_attempt_that_outlived_its_lease_does_not_undo_a_delivery(settings_factory, sink):
-    """Instance A's attempt hangs past its lease, B reclaims the row and delivers it; when A's attempt
-    finally fails, the row must stay sent (were it queued again, it would be sent twice)."""
-    settings = settings_factory(relay_url=sink.url, outbox_backoff_seconds=BACKOFF)
-    components = Components.build(settings)
-    try:
-        with transaction(components.engine) as session:
-            case = Case(number="2026-000001", requester=CUSTOMER, subject="test")
-            session.add(case)
-            session.flush()
-            components.replies.queue(
-                session=session,
-                case=case,
-                mail=Outgoing(kind="ack", recipient=CUSTOMER, automatic=True, context={"received_subject": "test"}),
+def test_an_attempt_that_outlived_its_lease_does_not_undo_a_delivery(tmp_path: Path, database_url: str):
+    """Two `gateway serve` processes. The relay keeps the first attempt waiting and its instance is
+    frozen (SIGSTOP) past its lease; the other instance takes the row over and delivers it. When the
+    frozen one wakes up (SIGCONT) and its attempt finally fails, the row must stay sent: were it
+    queued again, the customer would get the mail twice."""
+    with RelaySink() as sink:
+        release = sink.hold("451 4.3.0 try later", recipient=CUSTOMER)
+        instances = {}
+        for name in ("gw-a", "gw-b"):
+            env = serve_env(
+                tmp_path / name,
+                database_url,
+                sink.url,
+                GATEWAY_STAFF_QUEUE_ADDRESS=STAFF_QUEUE,
+                GATEWAY_INSTANCE_NAME=name,
+                GATEWAY_OUTBOX_POLL_SECONDS="0.2",
+                GATEWAY_OUTBOX_BACKOFF_SECONDS="0.5",
+                GATEWAY_RELAY_TIMEOUT_SECONDS="1",  # a lease of a few seconds
+                GATEWAY_PANEL_SECRET="shared-panel-secret",
+                GATEWAY_SIGNING_SECRET="shared-signing-secret",
             )
-        relay = make_relay(sink.url, timeout=5)
+            instances[name] = start_serve(env, tmp_path / f"{name}.log")
+        try:
+            with smtplib.SMTP("127.0.0.1", instances["gw-a"].smtp_port, timeout=30) as client:
+                client.send_message(make_mail(sender=CUSTOMER, subject="pierwsza"))
+            wait_until(lambda: sink.holding == 1, 60, "an instance to be stuck on the acknowledgement")
+            [ack] = [r for r in _outbox_snapshot(database_url) if r.recipient == CUSTOMER]  # the acknowledgement
+            assert ack.claimed_by in instances
+            stuck = instances[ack.claimed_by]
+            other = next(served for name, served in instances.items() if name != ack.claimed_by)
 
-        def worker(name: str) -> OutboxWorker:
-            return OutboxWorker(
-                engine=components.engine,
-                settings=settings.model_copy(update={"instance_name": name}),
-                relay=relay,
-                replies=components.replies,
-            )
+            stuck.process.send_signal(signal.SIGSTOP)
+            try:
+                wait_until(lambda: len(sink.accepted_to(CUSTOMER)) == 1, 60, "the other instance to take the row over")
+                release.set()  # the stuck attempt's answer is a failure, waiting in the frozen one's socket
+            finally:
+                stuck.process.send_signal(signal.SIGCONT)
+            wait_until(lambda: sink.held_sessions_closed == 1, 60, "the woken instance to finish its old attempt")
 
-        first, second = worker("instance-a"), worker("instance-b")
-        [stale] = first._claim()
-        with transaction(components.engine) as session:  # A's lease runs out while it is stuck
-            session.execute(update(OutboxItem).values(claimed_until=utcnow() - timedelta(seconds=1)))
-        assert await second.run_once() == 1
-        sink.fail("451 4.3.0 try later")
-        await first._attempt(stale)  # A's attempt finally ends, in failure
+            # Proof that nothing more is coming from the stale attempt: the woken instance, alone now,
+            # delivers a later message; its worker has been through the outbox again since.
+            other.stop()
+            with smtplib.SMTP("127.0.0.1", stuck.smtp_port, timeout=30) as client:
+                client.send_message(make_mail(sender=CUSTOMER, subject="druga"))
+            wait_until(lambda: len(sink.accepted_to(CUSTOMER)) == 2, 60, "the second acknowledgement")
+        finally:
+            for served in instances.values():
+                served.stop()
 
-        with reading(components.engine) as session:
-            [row] = session.exec(select(OutboxItem)).all()
-        assert (row.status, row.attempts) == ("sent", 1)
-        assert len(sink.accepted_to(CUSTOMER)) == 1
-    finally:
-        components.engine.dispose()
+        rows = {row.message_id: row for row in _outbox_snapshot(database_url)}
+        assert rows[ack.message_id].status == "sent"
+        accepted = Counter(d.message_id for d in sink.accepted_to(CUSTOMER))
+        assert accepted[ack.message_id] == 1 and len(accepted) == 2
 
 
 def _outbox_snapshot(database_url: str) -> list[OutboxItem]:

@@ -52,6 +52,7 @@ class _Rule:
     remaining: int
     recipient: str | None  # only messages to this recipient; None: any message
     stage: str  # "data": answer the message; "rcpt": refuse the recipient before any DATA
+    hold: threading.Event | None = None  # keep the sender waiting for the reply until this is set
 
 
 @dataclass
@@ -60,6 +61,9 @@ class _State:
     rules: list[_Rule] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     refused_recipients: list[tuple[float, str, str]] = field(default_factory=list)  # (at, address, reply)
+    holding: int = 0  # DATA received whose reply is being held back right now
+    held_sessions: set[int] = field(default_factory=set)  # id() of the sessions a reply was held on
+    held_sessions_closed: int = 0  # how many of those the sender has closed since
 
 
 class _Handler:
@@ -69,7 +73,7 @@ class _Handler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
-        reply = self._reply_for((address.lower(),), stage="rcpt")
+        reply, _ = self._reply_for((address.lower(),), stage="rcpt")
         if reply.startswith("250"):
             envelope.rcpt_tos.append(address)
             return "250 2.1.5 OK"
@@ -80,7 +84,15 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         recipients = tuple(str(r).lower() for r in envelope.rcpt_tos)
         raw = bytes(envelope.original_content or envelope.content or b"")
-        reply = self._reply_for(recipients, stage="data")
+        reply, hold = self._reply_for(recipients, stage="data")
+        if hold is not None:
+            with self._state.lock:
+                self._state.holding += 1
+                self._state.held_sessions.add(id(server))
+            while not hold.is_set():  # the sender sits waiting for its reply, as behind a stuck relay
+                await asyncio.sleep(0.02)
+            with self._state.lock:
+                self._state.holding -= 1
         with self._state.lock:
             self._state.deliveries.append(Delivery(time.monotonic(), str(envelope.mail_from), recipients, raw, reply))
         if reply == DROP:
@@ -90,15 +102,29 @@ class _Handler:
             return "421 4.4.2 connection dropped"  # written to a closed transport: never seen
         return reply
 
-    def _reply_for(self, recipients: tuple[str, ...], *, stage: str) -> str:
+    def _reply_for(self, recipients: tuple[str, ...], *, stage: str) -> tuple[str, threading.Event | None]:
         with self._state.lock:
             for rule in self._state.rules:
                 if rule.stage != stage or rule.remaining <= 0:
                     continue
                 if rule.recipient is None or rule.recipient in recipients:
                     rule.remaining -= 1
-                    return rule.reply
-        return "250 2.0.0 OK: queued"
+                    return rule.reply, rule.hold
+        return "250 2.0.0 OK: queued", None
+
+
+class _SinkSMTP(SMTP):
+    """aiosmtpd's SMTP, noting when a session whose reply was held is closed by the sender."""
+
+    def __init__(self, handler: _Handler, state: _State) -> None:
+        super().__init__(handler, hostname="relay-sink.test", decode_data=False)
+        self._sink_state = state
+
+    def connection_lost(self, error: Exception | None) -> None:
+        with self._sink_state.lock:
+            if id(self) in self._sink_state.held_sessions:
+                self._sink_state.held_sessions_closed += 1
+        super().connection_lost(error)
 
 
 class RelaySink:
@@ -124,7 +150,7 @@ class RelaySink:
     async def _listen(self) -> asyncio.AbstractServer:
         def protocol() -> SMTP:
             # A fixed hostname keeps aiosmtpd from asking the resolver on every connection.
-            return SMTP(_Handler(self._state), hostname="relay-sink.test", decode_data=False)
+            return _SinkSMTP(_Handler(self._state), self._state)
 
         return await self._loop.create_server(protocol, host=self.host, port=0)
 
@@ -160,6 +186,25 @@ class RelaySink:
         assert stage in ("data", "rcpt") and not (stage == "rcpt" and reply == DROP)
         with self._state.lock:
             self._state.rules.append(_Rule(reply, count, recipient.lower() if recipient else None, stage))
+
+    def hold(self, then: str, *, recipient: str | None = None, count: int = 1) -> threading.Event:
+        """Keep the next `count` senders (to `recipient`) waiting for their reply to DATA until the
+        returned event is set; then answer `then`. `holding` says how many are waiting now."""
+        release = threading.Event()
+        with self._state.lock:
+            self._state.rules.append(_Rule(then, count, recipient.lower() if recipient else None, "data", release))
+        return release
+
+    @property
+    def holding(self) -> int:
+        with self._state.lock:
+            return self._state.holding
+
+    @property
+    def held_sessions_closed(self) -> int:
+        """How many sessions that had a reply held have since been closed by their sender."""
+        with self._state.lock:
+            return self._state.held_sessions_closed
 
     def drop(self, *, count: int = 1, recipient: str | None = None) -> None:
         self.fail(DROP, count=count, recipient=recipient)
