@@ -199,10 +199,16 @@ class Pipeline:
             raw_sha256=entry.raw_sha256,
             message_id=parsed.message_id,
             sender=inbound.sender,
+            content_digest=parsed.content_digest,
         )
-        original = processed.find_original(
-            session=session, raw_sha256=entry.raw_sha256, message_id=message_id, sender=inbound.sender
+        earlier = processed.find_earlier(
+            session=session,
+            raw_sha256=entry.raw_sha256,
+            message_id=message_id,
+            sender=inbound.sender,
+            content_digest=parsed.content_digest,
         )
+        original = earlier.original
         if original is not None:
             finished.outcome, finished.case_id = Outcome.DUPLICATE, original.case_id
             finished.duplicate_of = original.journal_id
@@ -214,6 +220,13 @@ class Pipeline:
                 # case already holds it as sent; storing it again would open a case for ourselves.
                 finished.outcome, finished.case_id = Outcome.DUPLICATE, ours.case_id
                 return finished
+        if earlier.id_reused_by is not None:
+            # Broken mailers, templates and some ticket systems reuse Message-IDs: this is another
+            # message under an old ID, stored as its own, with the reuse on record.
+            note = f"Message-ID reused: journal entry #{earlier.id_reused_by.journal_id} had it with other content"
+            log.info("journal entry %s: %s", entry.id, note)
+            inbound = replace(inbound, parsed=replace(parsed, defects=(*parsed.defects, note)))
+            parsed = inbound.parsed
 
         is_staff = inbound.verdict.kind == VerdictKind.STAFF
         query = ThreadQuery(

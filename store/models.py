@@ -78,7 +78,8 @@ class ProcessedEntry(SQLModel, table=True):
 
     It makes processing idempotent when the journal lives in another database (a crash between
     the two commits only means the entry is marked done again later), and it is what duplicates
-    are recognised by: the same raw bytes, or the same Message-ID from the same sender.
+    are recognised by: the same raw bytes, or the same Message-ID from the same sender with the
+    same content (a different message that reuses an ID is not a duplicate).
     """
 
     __tablename__ = "processed_entry"
@@ -89,6 +90,8 @@ class ProcessedEntry(SQLModel, table=True):
     raw_sha256: str = Field(index=True, max_length=64)
     message_id: str | None = Field(default=None, max_length=998)
     sender: str | None = Field(default=None, max_length=320)
+    # What the message was (gateway.parse's content digest); None on rows older than migration 0004.
+    content_digest: str | None = Field(default=None, max_length=64)
     case_id: int | None = Field(default=None, foreign_key="support_case.id")
     duplicate_of: int | None = None  # journal id of the original
     processed_at: datetime = Field(default_factory=utcnow)
