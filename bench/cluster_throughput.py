@@ -1,21 +1,25 @@
-"""SMTP throughput on PostgreSQL with one and with two `gateway serve` instances, against the sink.
+"""Scale-out on PostgreSQL: one, two and three `gateway serve` instances on one database, against the sink.
 
 The machinery of bench.smtp_throughput (the same ~2 KB Polish messages, the same client: one EHLO
 per connection, then MAIL/RCPT/DATA repeatedly, latency from MAIL FROM to the 250 after DATA) at
 concurrency 32, 2 000 messages (300 with --quick), delivered to
   - bench.sink, the no-op SMTP server (the baseline);
-  - one gateway on a fresh PostgreSQL database;
-  - two gateways on one fresh PostgreSQL database (SPEC §10: they share nothing but the database),
-    the 32 connections split evenly between their two SMTP ports.
-Each gateway keeps attachment contents in the database and delivers its outgoing mail into a
-maildir of its own. After the last acknowledgement, the time until the cluster has processed every
-journaled message is measured too (the pipeline runs behind the acknowledgements), so the table
-shows what the instances acknowledge and what they get through.
+  - N gateways (--instances, default 1,2,3) on one fresh PostgreSQL database each time (SPEC §10:
+    they share nothing but the database), the 32 connections split evenly between their SMTP ports.
+Each gateway keeps attachment contents in the database, delivers its outgoing mail into a maildir
+of its own and asks a DNS server on 127.0.0.1 that knows nothing (so sender checks stay local).
 
-Reported: msg/s, p50, p99 and each one's ratio to the sink's. There is no target in issue 7 for
-this one; it shows what a second instance buys. Note that with the default CPU pinning on a
-two-CPU machine both instances share the one CPU the load generator leaves them (PostgreSQL runs
-unpinned). Figures go to bench/out/cluster_throughput.json.
+Acknowledging is not processing (the pipeline runs behind the acknowledgements), so besides what
+the instances acknowledge, the journal is watched read-only (bench/backlog.py): after the last
+acknowledgement the benchmark waits (at most --drain-timeout) until no entry is pending and reads
+when the last one was finished. "processed msg/s" is entries finished (warm-up messages included)
+over the time from the first connection to that moment; the lag (age of the oldest pending entry)
+is sampled throughout. Issue 13's target: two instances process at least 1.5x what one does
+(three are reported as well), same run.
+
+By default nothing is pinned: on a two-CPU machine the default pinning of the other benchmarks
+would put every instance on the one CPU the load generator leaves, and a second instance could
+not add any CPU (--pin does that anyway). Figures go to bench/out/cluster_throughput.json.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
-from sqlalchemy import Engine, create_engine, text
 
+from bench.backlog import JournalTotals, JournalWatch, count_rows
 from bench.common import (
     CpuPlan,
     RunClock,
@@ -45,12 +49,15 @@ from bench.common import (
     rounded,
     scratch_dir,
     server_process,
+    verdict,
+    verdict_markup,
     wait_for_http_ok,
     wait_for_port,
     write_report,
 )
 from bench.pg import NoPostgres, throwaway_database
 from bench.smtp_throughput import HOST, SIZES, Payload, RunResult, build_payloads, gateway_env, measure
+from bench.sustained import LOAD_GENERATOR_ALLOWANCE, local_dns
 
 NAME = "cluster_throughput"
 MESSAGES = 2000
@@ -58,38 +65,33 @@ QUICK_MESSAGES = 300
 CONCURRENCY = 32
 SIZE = "2KB"
 STARTUP_TIMEOUT_S = 90.0
+INSTANCES = (1, 2, 3)
+SCALE_TARGET = 1.5  # issue 13: two instances process at least 1.5x what one does
 
 
 @dataclass
 class ClusterRun:
     instances: int
     result: RunResult
-    drain_s: float | None = None  # after the last 250, until nothing journaled is pending
-    processed: int = 0
-    startup_s: float = 0.0
+    origin: float  # time.time() before the first connection
+    drain_s: float | None  # after the last 250, until nothing journaled is pending
+    totals: JournalTotals
+    cases: int | None
+    max_lag_s: float
+    lag_at_last_ack_s: float
+    startup_s: float
 
+    @property
+    def processed_s(self) -> float | None:
+        """From the first connection to the last journal entry finished; None if it never drained."""
+        if self.drain_s is None or self.totals.last_processed_epoch is None:
+            return None
+        return self.totals.last_processed_epoch - self.origin
 
-def pending_and_processed(engine: Engine) -> tuple[int, int]:
-    with engine.connect() as connection:
-        rows = connection.execute(text("SELECT status, count(*) FROM journal_entry GROUP BY status")).all()
-    counts = {status: count for status, count in rows}
-    return counts.get("pending", 0), counts.get("done", 0) + counts.get("duplicate", 0)
-
-
-async def wait_drained(database_url: str, timeout_s: float) -> tuple[float | None, int]:
-    """Seconds until no journal entry is pending (None: not within timeout_s), and how many were processed."""
-    engine = create_engine(database_url)
-    started = time.perf_counter()
-    try:
-        while True:
-            pending, processed = pending_and_processed(engine)
-            if pending == 0:
-                return time.perf_counter() - started, processed
-            if time.perf_counter() - started > timeout_s:
-                return None, processed
-            await asyncio.sleep(0.2)
-    finally:
-        engine.dispose()
+    @property
+    def processed_msg_per_s(self) -> float | None:
+        elapsed = self.processed_s
+        return self.totals.finished / elapsed if elapsed else None
 
 
 async def start_sink(stack: AsyncExitStack, tmp: Path, cpus: frozenset[int] | None) -> int:
@@ -100,14 +102,24 @@ async def start_sink(stack: AsyncExitStack, tmp: Path, cpus: frozenset[int] | No
     return port
 
 
-async def measure_cluster(instances: int, payloads: Sequence[Payload], options: Options, tmp: Path) -> ClusterRun:
+async def measure_cluster(
+    instances: int, payloads: Sequence[Payload], options: Options, tmp: Path, dns: str
+) -> ClusterRun:
     """`instances` fresh gateways on one fresh database; started one after the other (the first migrates)."""
     with throwaway_database("bench_cluster") as url, ExitStack() as processes:
         ports, started = [], time.perf_counter()
         for number in range(instances):
             workdir = tmp / f"cluster{instances}-gw{number}"
             smtp_port, http_port = free_port(HOST), free_port(HOST)
-            env = gateway_env(workdir, smtp_port, http_port, url, GATEWAY_INSTANCE_NAME=f"bench-gw{number}")
+            env = gateway_env(
+                workdir,
+                smtp_port,
+                http_port,
+                url,
+                GATEWAY_INSTANCE_NAME=f"bench-gw{number}",
+                GATEWAY_DNS_RESOLVER=dns,
+                **LOAD_GENERATOR_ALLOWANCE,
+            )
             gateway = processes.enter_context(
                 server_process(
                     "gateway",
@@ -120,17 +132,39 @@ async def measure_cluster(instances: int, payloads: Sequence[Payload], options: 
             await wait_for_http_ok(gateway, HOST, http_port, "/healthz", STARTUP_TIMEOUT_S)
             ports.append(smtp_port)
         startup_s = time.perf_counter() - started
-        result = await measure(
-            target=f"gateway x{instances}",
-            port=ports,
-            payloads=payloads,
-            size=SIZE,
-            concurrency=CONCURRENCY,
-            deadline_s=options.deadline_s,
-            advance=lambda: None,
+        origin = time.time()
+        watch = JournalWatch(url, origin=origin)
+        try:
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(watch.sample_until(stop, options.sample_interval_s))
+            result = await measure(
+                target=f"gateway x{instances}",
+                port=ports,
+                payloads=payloads,
+                size=SIZE,
+                concurrency=CONCURRENCY,
+                deadline_s=options.deadline_s,
+                advance=lambda: None,
+            )
+            stop.set()
+            await sampler
+            at_last_ack = await asyncio.to_thread(watch.sample)
+            watch.samples.append(at_last_ack)
+            drain_s = await watch.wait_drained(options.drain_timeout_s, interval_s=options.sample_interval_s)
+            totals = await asyncio.to_thread(watch.totals)
+        finally:
+            watch.dispose()
+        return ClusterRun(
+            instances,
+            result,
+            origin=origin,
+            drain_s=drain_s,
+            totals=totals,
+            cases=count_rows(url, "support_case"),
+            max_lag_s=watch.max_lag_s(),
+            lag_at_last_ack_s=at_last_ack.lag_s,
+            startup_s=startup_s,
         )
-        drain_s, processed = await wait_drained(url, options.drain_timeout_s)
-        return ClusterRun(instances, result, drain_s=drain_s, processed=processed, startup_s=startup_s)
 
 
 async def run_all(options: Options, tmp: Path, console: Any) -> tuple[RunResult, list[ClusterRun]]:
@@ -148,9 +182,15 @@ async def run_all(options: Options, tmp: Path, console: Any) -> tuple[RunResult,
         )
         console.log(f"sink: {sink.msg_per_s:.0f} msg/s")
     runs = []
-    for instances in (1, 2):
-        runs.append(await measure_cluster(instances, payloads, options, tmp))
-        console.log(f"{instances} instance(s): {runs[-1].result.msg_per_s:.0f} msg/s, drained in {runs[-1].drain_s} s")
+    with local_dns() as dns:
+        for instances in options.instances:
+            run = await measure_cluster(instances, payloads, options, tmp, dns)
+            runs.append(run)
+            processed = run.processed_msg_per_s
+            console.log(
+                f"{instances} instance(s): {run.result.msg_per_s:.0f} msg/s acknowledged, "
+                f"{'not drained' if processed is None else f'{processed:.1f} msg/s processed'}"
+            )
     return sink, runs
 
 
@@ -188,16 +228,46 @@ def _f(value: float | None) -> float:
 
 def cluster_figures(run: ClusterRun, sink: RunResult) -> dict[str, Any]:
     figures = row_figures(run.result, sink)
-    through = None
-    if run.drain_s is not None and run.result.ok:
-        through = round(run.result.ok / (run.result.elapsed_s + run.drain_s), 1)
+    processed = run.processed_msg_per_s
     return {
         "instances": run.instances,
         **figures,
         "startup_s": round(run.startup_s, 2),
         "drain_s": None if run.drain_s is None else round(run.drain_s, 2),
-        "journal_entries_processed": run.processed,
-        "processed_msg_per_s": through,
+        "last_entry_processed_after_s": None if run.processed_s is None else round(run.processed_s, 2),
+        "journal": {"entries": run.totals.entries, **run.totals.by_status},
+        "journal_entries_processed": run.totals.finished,
+        "cases": run.cases,
+        "processed_msg_per_s": None if processed is None else round(processed, 1),
+        "processed_vs_sink": None if processed is None else rounded(ratio_or_nan(processed, sink.msg_per_s), 4),
+        "max_lag_s": round(run.max_lag_s, 2),
+        "lag_at_last_ack_s": round(run.lag_at_last_ack_s, 2),
+    }
+
+
+def scale_figures(clusters: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Processed and acknowledged msg/s of N instances over one instance's, from the same run."""
+    by_count = {row["instances"]: row for row in clusters}
+    one = by_count.get(1)
+    ratios: dict[str, Any] = {}
+    for count, row in sorted(by_count.items()):
+        if count == 1 or one is None:
+            continue
+        processed = (
+            None
+            if row["processed_msg_per_s"] is None or not one["processed_msg_per_s"]
+            else round(row["processed_msg_per_s"] / one["processed_msg_per_s"], 3)
+        )
+        acknowledged = round(row["msg_per_s"] / one["msg_per_s"], 3) if one["msg_per_s"] else None
+        ratios[f"{count}/1"] = {"processed": processed, "acknowledged": acknowledged}
+    two = ratios.get("2/1", {}).get("processed")
+    return {
+        "ratios": ratios,
+        "target": {
+            "two_over_one_processed": two,
+            "required": SCALE_TARGET,
+            "verdict": verdict(None if two is None else two >= SCALE_TARGET),
+        },
     }
 
 
@@ -214,6 +284,7 @@ def render(sink: dict[str, Any], clusters: Sequence[dict[str, Any]], messages: i
         "p99 vs sink",
         "drained after s",
         "processed msg/s",
+        "max lag s",
     ):
         table.add_column(name, justify="left" if name == "target" else "right")
     for row in (sink, *clusters):
@@ -228,7 +299,8 @@ def render(sink: dict[str, Any], clusters: Sequence[dict[str, Any]], messages: i
             "" if is_sink else _ratio(row["p50_vs_sink"]),
             "" if is_sink else _ratio(row["p99_vs_sink"]),
             "" if is_sink else ("not within limit" if row["drain_s"] is None else f"{row['drain_s']:.1f}"),
-            "" if is_sink or row["processed_msg_per_s"] is None else f"{row['processed_msg_per_s']:,.0f}",
+            "" if is_sink or row["processed_msg_per_s"] is None else f"{row['processed_msg_per_s']:,.1f}",
+            "" if is_sink else f"{row['max_lag_s']:.1f}",
         )
     return table
 
@@ -250,8 +322,10 @@ def _ratio(value: float | None, percent: bool = False) -> str:
 @dataclass(frozen=True)
 class Options:
     messages: int
+    instances: tuple[int, ...]
     deadline_s: float
     drain_timeout_s: float
+    sample_interval_s: float
     cpu_plan: CpuPlan
     out: Path
     keep_tmp: bool
@@ -261,25 +335,34 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench cluster_throughput", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES} messages instead of {MESSAGES}")
     parser.add_argument("--messages", type=int, help="messages per run (overrides --quick)")
+    parser.add_argument(
+        "--instances", default=",".join(map(str, INSTANCES)), help="comma-separated cluster sizes (%(default)s)"
+    )
     parser.add_argument("--deadline", type=float, default=40.0, help="seconds one run may take (%(default)s)")
     parser.add_argument(
         "--drain-timeout",
         type=float,
-        default=90.0,
+        default=240.0,
         help="seconds to wait for the pipeline after the last 250 (%(default)s)",
     )
-    add_run_options(
-        parser,
-        NAME,
-        no_pin_help="do not pin load generator and servers to separate CPUs",
-        keep_tmp_help="keep the gateways' working directories and logs",
+    parser.add_argument(
+        "--sample-interval", type=float, default=0.5, help="seconds between journal samples (%(default)s)"
     )
+    parser.add_argument(
+        "--pin", action="store_true", help="pin the load generator to one CPU and every instance to the others"
+    )
+    add_run_options(parser, NAME, no_pin_help=None, keep_tmp_help="keep the gateways' working directories and logs")
     args = parser.parse_args(argv)
+    instances = tuple(sorted({int(value) for value in args.instances.split(",")}))
+    if not instances or min(instances) < 1 or max(instances) > 4:
+        parser.error("--instances: cluster sizes between 1 and 4")
     return Options(
         messages=args.messages or (QUICK_MESSAGES if args.quick else MESSAGES),
+        instances=instances,
         deadline_s=args.deadline,
         drain_timeout_s=args.drain_timeout,
-        cpu_plan=plan_cpus(pin=not args.no_pin),
+        sample_interval_s=args.sample_interval,
+        cpu_plan=plan_cpus(pin=args.pin),
         out=args.out,
         keep_tmp=args.keep_tmp,
     )
@@ -302,18 +385,27 @@ def main(argv: Sequence[str] = ()) -> int:
     for row in (sink_row, *clusters):
         if row["first_error"]:
             console.print(f"[yellow]{row['target']}:[/yellow] {row['errors']} error(s), first: {row['first_error']}")
-    if len(clusters) == 2 and clusters[0]["msg_per_s"]:
-        gain = clusters[1]["msg_per_s"] / clusters[0]["msg_per_s"]
-        console.print(f"two instances acknowledge {gain:.2f}× what one does")
+    scale = scale_figures(clusters)
+    for label, pair in scale["ratios"].items():
+        processed = "–" if pair["processed"] is None else f"{pair['processed']:.2f}×"
+        acknowledged = "–" if pair["acknowledged"] is None else f"{pair['acknowledged']:.2f}×"
+        console.print(f"instances {label}: processed msg/s {processed}, acknowledged msg/s {acknowledged}")
+    target = scale["target"]
+    shown = "not measured" if target["two_over_one_processed"] is None else f"{target['two_over_one_processed']:.2f}×"
+    console.print(
+        f"{verdict_markup(target['verdict'])}: two instances process {shown} what one does "
+        f"(target: at least {SCALE_TARGET}×)"
+    )
     clock.print_footer(console, options.cpu_plan.describe())
     settings = {
         "messages": options.messages,
+        "instances": list(options.instances),
         "concurrency": CONCURRENCY,
         "size": SIZE,
         "deadline_per_run_s": options.deadline_s,
         "pinning": options.cpu_plan.describe(),
     }
-    write_report(console, options.out, NAME, settings, clock, sink=sink_row, clusters=clusters)
+    write_report(console, options.out, NAME, settings, clock, sink=sink_row, clusters=clusters, scale=scale)
     return 0
 
 
