@@ -15,6 +15,7 @@ _POLISH_LETTERS = frozenset("ąćęłńóśźżĄĆĘŁŃÓŚŹŻ")
 # Non-ASCII characters that real Polish (and neighbouring Latin) text is made of besides its letters.
 _LATIN_COMMON = frozenset("–—„”“’‘«»…€§°±×·éèêëüöäßáíúýčďěňřšťžůľĺŕôÉÜÖÄÁÍÚČŠŽ\xa0")
 _DETECT_SAMPLE = 64 * 1024  # bytes charset-normalizer looks at (it samples chunks of these anyway)
+_SCORE_SAMPLE = 64 * 1024  # characters whose letters we count
 _MESS_SAMPLE = 16 * 1024  # characters of a decoded text whose "mess" we measure
 _CHAOTIC = 0.5  # mess ratio above which a decode is mojibake (real text in its charset: < 0.15)
 _COHERENT = 0.2  # mess ratio below which a detected decode is believed
@@ -108,13 +109,14 @@ def guess_codec(data: bytes) -> str | None:
 def _polish(data: bytes) -> str:
     windows = data.decode("cp1250", errors="replace")
     latin2 = data.decode("iso-8859-2", errors="replace")
-    return latin2 if _polish_score(latin2) > _polish_score(windows) else windows
+    # Scored on a sample: counting letters is a Python loop, and a long text says it early.
+    return latin2 if _polish_score(latin2[:_SCORE_SAMPLE]) > _polish_score(windows[:_SCORE_SAMPLE]) else windows
 
 
 def _reads_as_polish(text: str) -> bool:
     """Most non-ASCII characters are Polish letters or Latin typography (mojibake of GB2312 or
     KOI8-R read as Windows-1250 is mostly other letters: ÄăşĂ...)."""
-    foreign = [ch for ch in text if ord(ch) > 127]
+    foreign = [ch for ch in text[:_SCORE_SAMPLE] if ord(ch) > 127]
     if not foreign:
         return True
     fitting = sum(1 for ch in foreign if ch in _POLISH_LETTERS or ch in _LATIN_COMMON)
