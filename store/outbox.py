@@ -10,15 +10,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_
+from sqlalchemy import func, insert, or_
 from sqlmodel import Session, col, select
 
 from store.models import OutboxItem, utcnow
 
 
 def enqueue(*, session: Session, item: OutboxItem) -> OutboxItem:
-    session.add(item)
-    session.flush()
+    """Write `item` at once and return it with its id.
+
+    A Core INSERT ... RETURNING: every outgoing mail is one, and the ORM's unit of work (a flush of
+    the whole session to learn one id) cost more than rendering the mail. The returned object is
+    not attached to the session: read the row again (get_item) to change it.
+    """
+    values = item.model_dump(exclude={"id"})
+    item.id = session.execute(insert(OutboxItem).values(values).returning(col(OutboxItem.id))).scalar_one()
     return item
 
 

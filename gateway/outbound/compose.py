@@ -3,8 +3,9 @@
 Headers are written here as bytes, not through `email.headerregistry` (whose parsing and refolding
 cost more than everything else the pipeline did for a message) nor compat32's Header objects
 (which turn an internationalised address into an encoded-word, which RFC 2047 forbids in an
-address: with SMTPUTF8 it must be written as UTF-8, RFC 6532). The MIME body below the headers is
-built with the stdlib's compat32 classes, quoted-printable UTF-8 for text.
+address: with SMTPUTF8 it must be written as UTF-8, RFC 6532). The MIME body is written by hand
+too (its shapes are few: text, text + HTML, either + attachments), quoted-printable UTF-8 for text
+through binascii's C encoder.
 
 Attachments are not copied into the outbox row: each one is a placeholder part that names the
 blob (by SHA-256) the attachment is already stored as; `expand_attachments` puts the base64
@@ -15,23 +16,19 @@ quoted-printable (where "=" is "=3D"), base64 has no "!", and no header line sta
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.charset import QP, Charset
 from email.header import Header
-from email.message import Message
-from email.mime.base import MIMEBase
-from email.mime.multipart import MIMEMultipart
-from email.mime.nonmultipart import MIMENonMultipart
-from email.policy import compat32
 from email.utils import formataddr
+from urllib.parse import quote
 
 _UTF8_QP = Charset("utf-8")
 # Quoted-printable keeps Polish text (and the [#NUMBER] tag) readable in the raw mail.
 _UTF8_QP.body_encoding = _UTF8_QP.header_encoding = QP
-_WIRE = compat32.clone(linesep="\r\n", max_line_length=78)
 _FOLD_AT = 78  # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
 
 _PLACEHOLDER_PREFIX = b"!gateway-blob sha256="
@@ -101,35 +98,68 @@ def compose(
     *, headers: Sequence[tuple[str, str]], text: str, html: str | None, attachments: Sequence[AttachmentRef]
 ) -> bytes:
     """The message as it goes on the wire (CRLF), attachments as placeholders."""
-    head = "".join(_header_line(name, value) for name, value in headers)
-    return head.encode("utf-8") + _body(text, html, attachments).as_bytes(policy=_WIRE)
-
-
-def _text_part(text: str, subtype: str) -> Message:
-    part = MIMENonMultipart("text", subtype)
-    part.set_payload(text, _UTF8_QP)
-    return part
-
-
-def _body(text: str, html: str | None, attachments: Sequence[AttachmentRef]) -> Message:
+    head = "".join(_header_line(name, value) for name, value in headers).encode("utf-8")
     body = _text_part(text, "plain")
     if html is not None:
-        alternative = MIMEMultipart("alternative")
-        alternative.attach(body)
-        alternative.attach(_text_part(html, "html"))
-        body = alternative
-    if not attachments:
-        return body
-    mixed = MIMEMultipart("mixed")
-    mixed.attach(body)
-    for attachment in attachments:
-        maintype, _, subtype = attachment.content_type.partition("/")
-        part = MIMEBase(maintype or "application", subtype or "octet-stream")
-        part["Content-Transfer-Encoding"] = "base64"
-        part.add_header("Content-Disposition", "attachment", filename=("utf-8", "", attachment.filename))
-        part.set_payload((_PLACEHOLDER_PREFIX + attachment.sha256.encode() + b"\n").decode())
-        mixed.attach(part)
-    return mixed
+        body = _multipart("alternative", [body, _text_part(html, "html")])
+    if attachments:
+        body = _multipart("mixed", [body, *(_placeholder_part(attachment) for attachment in attachments)])
+    return head + b"MIME-Version: 1.0\r\n" + body
+
+
+# The MIME body is written by hand: its shapes are few and fixed, and the stdlib's generator
+# (pure Python, per character for quoted-printable) cost more than the rest of composing. A part
+# is its header lines, a blank line and its content, all CRLF.
+
+
+def _text_part(text: str, subtype: str) -> bytes:
+    # binascii's C quoted-printable: "=" becomes "=3D", trailing blanks and 8-bit bytes =XX, soft
+    # breaks keep lines under 77 characters.
+    encoded = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True, header=False)
+    encoded = encoded.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if not encoded.endswith(b"\r\n"):
+        encoded += b"\r\n"
+    return (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode()
+        + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        + encoded
+    )
+
+
+def _multipart(subtype: str, parts: Sequence[bytes]) -> bytes:
+    # "=_" never occurs in quoted-printable or base64 text, so the boundary cannot collide.
+    boundary = f"=_{secrets.token_hex(12)}".encode()
+    pieces = [b"Content-Type: multipart/" + subtype.encode() + b'; boundary="' + boundary + b'"\r\n\r\n']
+    for part in parts:
+        # Each part ends with CRLF; the CRLF before the next delimiter belongs to the delimiter
+        # (RFC 2046 §5.1.1), so it is added, or the part's last line break would be lost.
+        pieces += [b"--", boundary, b"\r\n", part, b"\r\n"]
+    pieces += [b"--", boundary, b"--\r\n"]
+    return b"".join(pieces)
+
+
+_MIME_TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$")
+
+
+def _placeholder_part(attachment: AttachmentRef) -> bytes:
+    content_type = attachment.content_type.strip().lower()
+    if not _MIME_TOKEN.match(content_type):
+        content_type = "application/octet-stream"  # a sender's odd type never reaches our headers
+    return (
+        f"Content-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n"
+        f"Content-Disposition: attachment; {_filename_parameter(attachment.filename)}\r\n\r\n".encode()
+        + _PLACEHOLDER_PREFIX
+        + attachment.sha256.encode()
+        + b"\r\n"
+    )
+
+
+def _filename_parameter(filename: str) -> str:
+    """`filename="…"` for a plain ASCII name, RFC 2231 `filename*=utf-8''…` for anything else."""
+    name = " ".join(filename.split()) or "attachment"  # no line breaks in a header
+    if name.isascii() and '"' not in name and "\\" not in name and len(name) <= 60:
+        return f'filename="{name}"'
+    return f"filename*=utf-8''{quote(name, safe='')}"
 
 
 def referenced_blobs(raw: bytes) -> list[str]:
