@@ -43,7 +43,7 @@ def parse_message(
     try:
         source, fed, repairs = _parse_tree(raw, budget, deadline)
     except Exception as exc:  # the parser is lenient, but nothing may escape from here
-        return _unparseable(raw, f"message not parseable: {type(exc).__name__}: {exc}")
+        return _unparseable(raw, f"message not parseable: {type(exc).__name__}: {exc}", envelope_sender)
     try:
         codec = guess_codec(eight_bit_sample(raw_items(fed.msg)))
         if codec is not None:
@@ -51,7 +51,7 @@ def parse_message(
         with header_codec(codec):
             parsed = _read(raw, source, fed, repairs, envelope_sender, budget, deadline)
     except Exception as exc:  # a bug or an edge nobody foresaw: keep the bytes readable, record why
-        return _unparseable(raw, f"parser failed: {type(exc).__name__}: {exc}")
+        return _unparseable(raw, f"parser failed: {type(exc).__name__}: {exc}", envelope_sender)
     return storable(parsed, max_defects=budget.max_defects)
 
 
@@ -190,14 +190,16 @@ def _repair_header_block(data: bytes) -> bytes | None:
     return b"\n".join(out) + data[head_end:]
 
 
-def _unparseable(raw: bytes, reason: str) -> ParsedMessage:
+def _unparseable(raw: bytes, reason: str, envelope_sender: str | None) -> ParsedMessage:
+    """The bytes as text, and the envelope sender as the requester: someone can still be answered."""
     text = storable_text(LINEBREAK_RE.sub("\n", best_effort(raw)))
+    sender = storable_text(hdr.usable_address(hdr.clean_address(envelope_sender or ""), "envelope sender", []))
     return ParsedMessage(
         message_id=hdr.synthesised_id(raw),
         in_reply_to=(),
         references=(),
         subject="",
-        from_address="",
+        from_address=sender,
         from_name="",
         from_header="",
         to=(),
@@ -211,6 +213,6 @@ def _unparseable(raw: bytes, reason: str) -> ParsedMessage:
         attachments=(),
         defects=(storable_text(reason),),
         message_id_synthesised=True,
-        content_digest=content_digest(sender="", subject="", text=text, html=None, attachments=()),
-        requester_source="",
+        content_digest=content_digest(sender=sender, subject="", text=text, html=None, attachments=()),
+        requester_source="envelope" if sender else "",
     )
