@@ -25,7 +25,9 @@ def _gateway(args: list[str], env: dict[str, str]) -> subprocess.CompletedProces
     )
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="shared/corpus is not beside the repo")
+@pytest.mark.skipif(
+    not CORPUS.is_dir(), reason=f"optional corpus not found at {CORPUS} (CI has ../shared beside the clone)"
+)
 def test_every_corpus_message_is_stored_exactly_or_quarantined(tmp_path: Path, database_url: str):
     files = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.suffix.lower() in MESSAGE_SUFFIXES)
     assert len(files) > 150
