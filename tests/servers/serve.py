@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def _still_starting(process: subprocess.Popen[bytes], log: Path, deadline: float
     assert time.monotonic() < deadline, f"gateway did not become healthy in time:\n{tail}"
 
 
-def wait_until(condition, timeout: float, what: str, *, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+def wait_until(condition: Callable[[], object], timeout: float, what: str, *, interval: float = 0.1) -> None:
     """Poll `condition()` until it is true; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
