@@ -48,7 +48,10 @@ EXTRA: dict[str, dict[str, Any]] = {
     "stranger_split": {},
     # README "Sender trust": to senders who are not authenticated, and to staff about forged staff mail.
     "ack_unverified": {},
-    "attachment_refused_unverified": {"limit_bytes": 15 * 1024 * 1024},
+    "attachment_refused_unverified": {
+        "refused": [{"filename": "film.mp4", "size": 40_000_000, "content_type": "video/mp4"}],
+        "limit_bytes": 15 * 1024 * 1024,
+    },
     "unverified_staff": {
         "claimed_sender": "anna@example.test",
         "sender_trust": "SPF fail, DKIM none, DMARC fail: sender NOT authenticated",

@@ -49,8 +49,9 @@ _PROVEN_ROUTES = ("token", "staff_token", "panel")
 _NUMBER_ONLY_TEMPLATES = {"ack": "ack_unverified", "attachment_refused": "attachment_refused_unverified"}
 
 
-# What of a notice's context is ours to say (the rest came from the sender).
-_OUR_CONTEXT = ("limit_bytes",)
+# What of a notice's context may go back to an unproven sender: our limit, and the names and sizes
+# of the files refused (a spammer would have to send over 15 MiB for every line of text it buys).
+_OUR_CONTEXT = ("limit_bytes", "refused")
 
 
 def number_only(kind: str, context: dict[str, object]) -> tuple[str, dict[str, object]]:
