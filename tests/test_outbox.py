@@ -117,10 +117,11 @@ async def test_temporary_failures_are_retried_with_growing_backoff(relayed, rela
     # The very same bytes every time: Message-ID, Date and body are fixed before the first attempt.
     assert len({a.raw for a in attempts}) == 1
     gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(attempts)]
-    # Backoff 0.2 s doubling, jitter ±20 %: at least 0.16, 0.32, 0.64 s (latency only adds).
+    # Backoff 0.2 s doubling, jitter ±20 %: never sooner than 0.16, 0.32, 0.64 s. Only lower bounds:
+    # a loaded machine makes gaps longer, never shorter, so this cannot fail for slowness; how long
+    # the gaps really are is a matter for `make bench`, not for a test.
     for number, gap in enumerate(gaps):
         assert gap >= 0.8 * BACKOFF * 2**number - 0.01, gaps
-    assert gaps[2] > gaps[0]
 
     await settle(relayed, outbox=True)
     row = row_of(relayed, kind="ack", recipient=CUSTOMER)
