@@ -1,8 +1,10 @@
-"""The parser room: raw message bytes -> `ParsedMessage` (headers, MIME walk, body text and HTML,
-attachments with their names and bytes, delivery reports, charsets, format=flowed, winmail.dat).
-`parse_message` never raises, whatever the bytes: what cannot be read is degraded and recorded as a
-defect. No database, no settings object, no I/O: this room may import the standard library, its own
-modules and its parsing libraries (tnefparse), never another gateway room; the rest of the gateway
+"""The parser room: raw message bytes -> `ParsedMessage` (headers and the requester, MIME walk, body
+text and HTML, attachments with their names and bytes, delivery reports, charsets, format=flowed,
+uuencode, winmail.dat, a content digest), within a `ParseBudget`. `parse_message` never raises,
+whatever the bytes: what cannot be read is degraded and recorded as a defect, what is past a budget
+is recorded as not unpacked, and every text field is one a database can store. No database, no
+settings object, no I/O: this room may import the standard library, its own modules and its parsing
+libraries (tnefparse, charset-normalizer), never another gateway room; the rest of the gateway
 imports it only through the names re-exported here.
 """
 
