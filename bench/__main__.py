@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "panel_list": "bench.panel_list",
     "storage_growth": "bench.storage_growth",
     "sustained": "bench.sustained",
+    "peer_helpdesk": "bench.peer_helpdesk",
 }
 
 USAGE = __doc__.split("\n\n")[1]
