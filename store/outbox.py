@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, or_
+from sqlalchemy import Table, func, insert, or_
 from sqlmodel import Session, col, select
 
 from store.models import OutboxItem, utcnow
@@ -23,9 +23,15 @@ def enqueue(*, session: Session, item: OutboxItem) -> OutboxItem:
     the whole session to learn one id) cost more than rendering the mail. The returned object is
     not attached to the session: read the row again (get_item) to change it.
     """
-    values = item.model_dump(exclude={"id"})
-    item.id = session.execute(insert(OutboxItem).values(values).returning(col(OutboxItem.id))).scalar_one()
+    values = {name: getattr(item, name) for name in _INSERTED_COLUMNS}
+    item.id = session.connection().execute(_INSERT, values).scalar_one()
     return item
+
+
+_OUTBOX_TABLE: Table = OutboxItem.metadata.tables["outbox_item"]
+_INSERTED_COLUMNS = tuple(column.name for column in _OUTBOX_TABLE.columns if column.name != "id")
+# One statement, compiled once: the values go in as parameters, not through the ORM's coercion.
+_INSERT = insert(_OUTBOX_TABLE).returning(_OUTBOX_TABLE.c.id)
 
 
 def claim_due(*, session: Session, instance: str, lease: timedelta, limit: int = 20) -> Sequence[OutboxItem]:
