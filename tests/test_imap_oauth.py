@@ -9,18 +9,25 @@ retired refresh token, so only a poller that stored the rotated one keeps workin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import Engine
+from sqlmodel import select
 
 from gateway.app import Gateway
+from gateway.imap import MailboxPoller
+from gateway.intake import Intake
 from gateway.settings import MailboxSettings, Settings
 from store import imap_state
-from store.db import reading
+from store.db import make_engine, reading, upgrade
+from store.models import JournalEntry
 from tests.helpers import all_cases, make_mail
 from tests.servers.dovecot import DovecotServer, running_dovecot
 from tests.servers.oauth import OAuthProvider, running_oauth_provider
@@ -134,3 +141,40 @@ async def test_oauth_mailbox_across_refreshes_a_restart_and_a_revocation(
         assert subjects == sorted(expected)  # each once: nothing lost, nothing doubled
     finally:
         await second.stop()
+
+
+async def test_a_refused_access_token_is_refreshed_at_once(
+    tmp_path: Path, dovecot_oauth: DovecotServer, provider: OAuthProvider
+) -> None:
+    """The server refuses a token that has not expired yet: the poller answers the SASL error
+    challenge (no hang until the command timeout), drops the token, refreshes and logs in again."""
+    provider.lifetime_seconds = 600.0  # no renewal due: only the refusal can cause a refresh
+    engine = make_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
+    upgrade(engine)
+    [settings, _plain] = mailboxes(dovecot_oauth, provider, "xoauth2")
+    poller = MailboxPoller(
+        settings, engine=engine, intake=Intake(engine, instance_name="test"), reconnect_max_seconds=1
+    )
+    task = asyncio.create_task(poller.run())
+    try:
+        await wait_until(lambda: poller.state.phase == "idle", what="IDLE")
+        assert provider.refreshes == 1
+        provider.forget_access_tokens()
+        await asyncio.to_thread(dovecot_oauth.restart)  # the next login presents the dead token
+        # Deadline below the 30 s command timeout: a hung AUTHENTICATE would miss it.
+        await wait_until(lambda: provider.refreshes == 2, timeout=20, what="a refresh after the refusal")
+        raw = crlf(make_mail(subject="Po odmowie tokenu"))
+        await asyncio.to_thread(dovecot_oauth.append, raw)
+        await wait_until(lambda: journal_raws(engine) == [raw], timeout=20, what="the message journaled")
+        assert provider.introspections[-2:] == [False, True]  # refused, then the fresh one accepted
+        assert poller.state.connected and poller.state.last_error is None
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        engine.dispose()
+
+
+def journal_raws(engine: Engine) -> list[bytes]:
+    with reading(engine) as session:
+        return [entry.raw for entry in session.exec(select(JournalEntry).order_by(JournalEntry.id)).all()]

@@ -59,6 +59,11 @@ class OAuthProvider:
     def introspection_url(self) -> str:
         return self.base_url + "/introspect"
 
+    def forget_access_tokens(self) -> None:
+        """Access tokens die early (a password change, an admin's sign-out); refreshing still works."""
+        with self._lock:
+            self.access_tokens.clear()
+
     def revoke(self) -> None:
         with self._lock:
             self.revoked = True
