@@ -190,3 +190,28 @@ async def test_deeply_nested_message_over_smtp_becomes_a_case_with_its_sender_an
     [case] = all_cases(gateway)
     assert (case["requester"], case["subject"]) == ("jan@example.pl", "Budzet")
     assert case["messages"][0]["message_id"] == "budget@example.pl"
+
+
+def test_a_multipart_recovered_from_a_broken_boundary_is_unpacked_within_the_budgets_too() -> None:
+    inner = nested(1000).split(b"MIME-Version: 1.0\r\n", 1)[1]  # the nested parts, without our head
+    boundary = b"----=_NextPart_000_0093.EB75"  # unquoted with "=": the email package cuts it short
+    raw = (
+        HEAD
+        + b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="
+        + boundary
+        + b"\r\n\r\n--"
+        + boundary
+        + b"\r\nContent-Type: text/plain\r\n\r\nNa wierzchu\r\n--"
+        + boundary
+        + b"\r\n"
+        + inner
+        + b"\r\n--"
+        + boundary
+        + b"--\r\n"
+    )
+    parsed = parse_message(raw)
+    assert_headers_kept(parsed)
+    assert parsed.text == "Na wierzchu"
+    assert any("recovered from the raw header" in d for d in parsed.defects)
+    assert [name for name, _ in refused(parsed)] == ["parts-not-unpacked"]
+    assert not any("RecursionError" in d for d in parsed.defects)

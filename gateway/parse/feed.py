@@ -19,6 +19,12 @@ from gateway.parse.parts import POLICY
 _FEED_CHUNK = 16 * 1024  # small enough that the part and time budgets are checked often
 # Python's recursion limit bounds how deep the feed parser's nested generators can go.
 _HARD_MAX_DEPTH = 200
+
+
+def effective_max_depth(budget: ParseBudget) -> int:
+    return min(budget.max_depth, _HARD_MAX_DEPTH)
+
+
 _KEY_FIELD_BYTES = 64 * 1024  # a key field past the byte budget is still kept, up to this size
 # Fields kept past the header budget: what threading, the requester, classification and the MIME
 # structure need (first occurrence of each).
@@ -70,7 +76,7 @@ class _BudgetedFeedParser(BytesFeedParser):
     def __init__(self, budget: ParseBudget) -> None:
         super().__init__(policy=POLICY)
         self.budget = budget
-        self.max_depth = min(budget.max_depth, _HARD_MAX_DEPTH)
+        self.max_depth = effective_max_depth(budget)
         self.parts = 0
         self.refused: dict[int, Refusal] = {}
         self.notes: list[str] = []

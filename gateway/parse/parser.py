@@ -66,7 +66,7 @@ def _read(
 ) -> ParsedMessage:
     msg = fed.msg
     defects.extend(fed.notes)
-    tree = MimeTree(msg, defects, source, fed.refused)
+    tree = MimeTree(msg, defects, source, fed.refused, budget=budget, deadline=deadline)
     headers = hdr.read_headers(msg, defects)
     message_id, synthesised = hdr.message_id(headers, raw, defects)
     author = hdr.requester(headers, envelope_sender, defects)

@@ -10,11 +10,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
-from email.parser import BytesParser
 
-from gateway.parse.feed import Refusal
+from gateway.parse.budget import DEFAULT_BUDGET, Deadline, ParseBudget
+from gateway.parse.feed import Refusal, effective_max_depth, feed
 from gateway.parse.parts import (
-    POLICY,
     content_id,
     declared_filename,
     defect_text,
@@ -28,7 +27,6 @@ from gateway.parse.parts import (
 )
 
 _BOUNDARY_RE = re.compile(r"""boundary\s*=\s*(?:"([^"]+)"|([^\s;"]+))""", re.I)
-_MAX_BODY_DEPTH = 50
 
 
 @dataclass(frozen=True)
@@ -40,10 +38,20 @@ class Leaf:
 
 class MimeTree:
     def __init__(
-        self, msg: Message, defects: list[str], source: bytes = b"", refused: dict[int, Refusal] | None = None
+        self,
+        msg: Message,
+        defects: list[str],
+        source: bytes = b"",
+        refused: dict[int, Refusal] | None = None,
+        *,
+        budget: ParseBudget = DEFAULT_BUDGET,
+        deadline: Deadline | None = None,
     ) -> None:
         self.msg = msg
-        self.refused = refused or {}  # id(part) -> why the feed parser did not unpack it
+        self.refused = dict(refused or {})  # id(part) -> why the feed parser did not unpack it
+        self.budget = budget
+        self.deadline = deadline or Deadline(budget)
+        self.max_depth = effective_max_depth(budget)
         self.source = source  # the bytes msg was parsed from (raw, or raw after a repair of its head)
         self.defects = defects
         self._recovered: dict[int, Message | None] = {}
@@ -88,8 +96,11 @@ class MimeTree:
             if b"--" + boundary.encode("utf-8", "surrogateescape") in body:
                 # Typically an unquoted boundary containing "=", which the parser cuts short.
                 head = f'Content-Type: {ctype}; boundary="{boundary}"\r\n\r\n'.encode("utf-8", "surrogateescape")
-                sub = guard(lambda: BytesParser(policy=POLICY).parsebytes(head + body), None)
-                if sub is not None and self.kind(sub) == "multipart":
+                fed = guard(lambda: feed(head + body, self.budget, self.deadline), None)  # within the budgets too
+                sub = fed.msg if fed is not None else None
+                if fed is not None and sub is not None and self.kind(sub) == "multipart":
+                    self.refused.update(fed.refused)
+                    self.defects.extend(fed.notes)
                     self.defects.append(f"{ctype}: boundary {boundary!r} recovered from the raw header")
                     return sub
         self.defects.append(f"{ctype}: boundary never found; the body is kept as plain text")
@@ -121,8 +132,8 @@ class MimeTree:
             return (part, None) if ctype == "text/plain" else (None, part) if ctype == "text/html" else (None, None)
         if kind != "multipart":
             return None, None  # message/*: an embedded message is an attachment, not our body
-        if depth > _MAX_BODY_DEPTH:
-            self.defects.append(f"parts nested deeper than {_MAX_BODY_DEPTH} levels are kept as attachments")
+        if depth > self.max_depth:  # only where re-split multiparts stack up beyond the feed's limit
+            self.defects.append(f"parts nested deeper than {self.max_depth} levels are kept as attachments")
             return None, None
         children = self.children(part)
         subtype = self.content_type(part).partition("/")[2]
