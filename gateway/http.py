@@ -92,6 +92,9 @@ async def start_http_server(deps: HttpDeps, *, host: str, port: int) -> HttpServ
         lifespan="off",
         access_log=False,
         log_config=None,  # uvicorn's lines go through gateway.logs' handler (text or JSON), not its own
+        # CPython's accept loop retries once per backlog slot on EMFILE; 2048 (uvicorn's default)
+        # turns a descriptor shortage into thousands of log lines per second. The SMTP side uses 100 too.
+        backlog=100,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="http")
