@@ -111,7 +111,8 @@ class TrustGate:
         adds = (
             inbound.verdict.kind not in (VerdictKind.BOUNCE, VerdictKind.SPAM, VerdictKind.LOOP)
             and trust.delivery_report == ""
-            and (trust.sender_authenticated or decision.via in _PROVEN_ROUTES)
+            # `gateway ingest` is the operator's own import of old correspondence: it vouches for it.
+            and (trust.sender_authenticated or decision.via in _PROVEN_ROUTES or inbound.entry.source == "file")
         )
         return replace(inbound, adds_participants=adds, auto_reply=self._auto_reply(session, inbound)), decision
 
