@@ -18,6 +18,10 @@ from gateway.app import Gateway
 from gateway.settings import Settings, load_settings
 from tests.helpers import BACKEND, PG_SERVER_URL, STAFF, STAFF_QUEUE, SUPPORT, TRUSTED_AUTHSERV_ID
 
+# Sender trust: no gateway the tests start (in process or as `gateway serve`/`ingest` children, which
+# inherit this) asks this machine's resolver; tests/test_trust*.py turn checks on with their own DNS server.
+os.environ.setdefault("GATEWAY_SENDER_VERIFICATION", "off")
+
 
 def _missing_components() -> list[str]:
     """What the suite drives for real and this machine lacks: PostgreSQL, Dovecot, Chromium."""
