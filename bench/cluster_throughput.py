@@ -40,6 +40,7 @@ from bench.backlog import JournalTotals, JournalWatch, count_rows
 from bench.common import (
     CpuPlan,
     RunClock,
+    ServerFailed,
     add_run_options,
     free_port,
     make_console,
@@ -379,6 +380,9 @@ def main(argv: Sequence[str] = ()) -> int:
         except NoPostgres as error:
             console.print(f"[yellow]skipped:[/yellow] {error}")
             return 0
+        except ServerFailed as error:
+            console.print(f"[red]could not run:[/red] {error}", markup=True, highlight=False)
+            return 1
     sink_row = row_figures(sink, sink)
     clusters = [cluster_figures(run, sink) for run in runs]
     console.print(render(sink_row, clusters, options.messages))

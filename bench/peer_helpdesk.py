@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import random
 import shutil
@@ -620,7 +621,7 @@ def figures(options: Options, version: str, helpdesk: Side, gateway: Side) -> di
         "target": {
             "gateway_over_helpdesk": rounded(ratio, 2),
             "required": TARGET_RATIO,
-            "verdict": verdict(None if ratio != ratio else ratio >= TARGET_RATIO),
+            "verdict": verdict(None if math.isnan(ratio) else ratio >= TARGET_RATIO),
         },
     }
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -42,6 +43,7 @@ from bench.backlog import JournalTotals, JournalWatch, count_rows, sqlite_read_o
 from bench.common import (
     CpuPlan,
     RunClock,
+    ServerFailed,
     add_run_options,
     free_port,
     make_console,
@@ -221,12 +223,12 @@ def figures(sink: RunResult, run: GatewayRun) -> dict[str, Any]:
             "acknowledged_vs_sink": {
                 "ratio": rounded(ack_ratio, 3),
                 "required": ACK_TARGET,
-                "verdict": verdict(None if ack_ratio != ack_ratio else ack_ratio >= ACK_TARGET),
+                "verdict": verdict(None if math.isnan(ack_ratio) else ack_ratio >= ACK_TARGET),
             },
             "processed_vs_sink": {
                 "ratio": rounded(processed_ratio, 3),
                 "required": PROCESSED_TARGET,
-                "verdict": verdict(None if processed_ratio != processed_ratio else processed_ratio >= PROCESSED_TARGET),
+                "verdict": verdict(None if math.isnan(processed_ratio) else processed_ratio >= PROCESSED_TARGET),
             },
         },
         "lag_samples": run.samples,
@@ -341,7 +343,11 @@ def main(argv: Sequence[str] = ()) -> int:
     pin_this_process(options.cpu_plan.client)
     clock = RunClock.start()
     with scratch_dir("bench-sustained-", keep=options.keep_tmp, console=console) as tmp:
-        sink, gateway = asyncio.run(run_all(options, tmp, console))
+        try:
+            sink, gateway = asyncio.run(run_all(options, tmp, console))
+        except ServerFailed as error:
+            console.print(f"[red]could not run:[/red] {error}", markup=True, highlight=False)
+            return 1
     data = figures(sink, gateway)
     console.print(render(data, options.messages))
     for row in (data["sink"], data["gateway"]):
