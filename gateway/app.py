@@ -24,7 +24,8 @@ from gateway.outbound.relay import relay_for
 from gateway.outbound.replies import Replies
 from gateway.outbound.templates import MailTemplates
 from gateway.outbound.worker import OutboxWorker
-from gateway.pipeline import Pipeline, PipelineRunner
+from gateway.pipeline import Pipeline
+from gateway.runner import PipelineRunner
 from gateway.settings import Settings
 from store import db
 from store.blobs import BlobStore, make_blob_store
@@ -120,7 +121,10 @@ class Gateway:
         relay = relay_for(settings)
         self.outbox = OutboxWorker(engine=components.engine, settings=settings, relay=relay, replies=components.replies)
         self.runner = PipelineRunner(
-            components.pipeline, on_done=self.outbox.wake, max_lag=settings.pipeline_max_lag_seconds
+            components.pipeline,
+            on_done=self.outbox.wake,
+            max_lag=settings.pipeline_max_lag_seconds,
+            batch_size=settings.pipeline_batch_max_entries,
         )
         self.intake = Intake(
             components.journal_engine, instance_name=settings.instance_name, on_journaled=self.runner.submit

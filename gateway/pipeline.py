@@ -4,17 +4,17 @@ Everything a message causes (its case, message and attachment rows, case changes
 journal entry marked done) is committed together or not at all. An error rolls it all back and the
 entry is quarantined with its reason, bytes intact, ready for `gateway quarantine retry`. A
 database that cannot be reached is not the message's fault: the entry stays pending for replay.
-Here live the transaction, de-duplication, deferral and quarantine, and the runner that feeds
-entries in; the rows are gateway.record's, staff replies gateway.staff's, the mail to send
-gateway.outbound.choose's.
+Entries are processed in batches, one transaction each, every entry in a savepoint of its own: a
+commit and the ORM's overhead are shared, and an entry that fails is quarantined alone. Here live
+the transaction, de-duplication, deferral and quarantine; gateway.runner feeds entries in; the
+rows are gateway.record's, staff replies gateway.staff's, the mail to send gateway.outbound.choose's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -42,8 +42,6 @@ from store.states import Direction, JournalStatus, Outcome, VerdictKind
 from store.text import storable_value
 
 log = logging.getLogger(__name__)
-
-DEFER_SECONDS = 0.5  # how soon a deferred entry is tried again
 
 
 class Deferred(Exception):
@@ -76,72 +74,155 @@ class Pipeline:
     # --- transaction ownership -----------------------------------------------------------------
 
     def process(self, journal_id: int) -> Outcome:
-        """Process one entry; returns what it came to (and counts it in the metrics)."""
-        started = time.perf_counter()
-        outcome = self._process(journal_id)
-        if outcome != Outcome.SKIPPED:
-            PROCESSED.labels(outcome=outcome.value).inc()
-            PROCESSING_TIME.observe(time.perf_counter() - started)
-        if outcome == Outcome.QUARANTINED:
-            QUARANTINED.inc()
-        return outcome
+        """Process one entry; returns what it came to."""
+        return self.process_batch([journal_id]).get(journal_id, Outcome.DEFERRED)
 
-    def _process(self, journal_id: int) -> Outcome:
+    def process_batch(self, journal_ids: Sequence[int]) -> dict[int, Outcome]:
+        """Process entries together, oldest first, in one transaction with a savepoint per entry.
+
+        Returns an outcome per entry taken; an id missing from the result was left for a later
+        batch (a budget was reached) and is still pending. Each outcome is counted in the metrics.
+        """
+        started = time.perf_counter()
+        outcomes = self._process_batch(journal_ids, deadline=started + self._settings.pipeline_batch_max_seconds)
+        worked = [outcome for outcome in outcomes.values() if outcome != Outcome.SKIPPED]
+        for outcome in worked:
+            PROCESSED.labels(outcome=outcome.value).inc()
+            PROCESSING_TIME.observe((time.perf_counter() - started) / len(worked))
+            if outcome == Outcome.QUARANTINED:
+                QUARANTINED.inc()
+        return outcomes
+
+    def _process_batch(self, journal_ids: Sequence[int], *, deadline: float) -> dict[int, Outcome]:
+        outcomes: dict[int, Outcome] = {}
         try:
-            with reading(self._journal) as session:
-                entry = journal.get_entry(session=session, journal_id=journal_id)
-            if entry is None or entry.status != JournalStatus.PENDING:
-                return Outcome.SKIPPED
-            limit = self._settings.poison_max_attempts
-            if entry.attempts >= limit:
+            entries = self._take(journal_ids, outcomes)
+        except OperationalError as error:
+            log.warning("journal entries %s deferred, database unavailable: %s", list(journal_ids), error)
+            return dict.fromkeys(journal_ids, Outcome.DEFERRED)
+        works: list[Inbound] = []
+        left: list[int] = []  # not parsed in time: the rest waits for the next batch
+        for entry in entries:
+            journal_id = entry.id or 0
+            if left or (works and time.perf_counter() > deadline):
+                left.append(journal_id)
+                continue
+            try:
+                works.append(self._prepare(entry))
+            except Exception as error:  # parse_message never raises; a bug in a later step may
+                log.exception("journal entry %s quarantined", journal_id)
+                outcomes[journal_id] = self._quarantine(journal_id, f"{type(error).__name__}: {error}")
+        if works:
+            outcomes.update(self._store(works))
+        attempted = {entry.id for entry in entries}
+        unfinished = [i for i, o in outcomes.items() if o in (Outcome.DEFERRED, Outcome.SKIPPED) and i in attempted]
+        self._undo_attempts(left + unfinished)
+        return outcomes
+
+    def _take(self, journal_ids: Sequence[int], outcomes: dict[int, Outcome]) -> list[JournalEntry]:
+        """Plan the batch within its budgets, quarantine poison, and record an attempt at each entry
+        (committed before any work starts, so a crash in the middle is on record)."""
+        attempted: list[int] = []
+        with reading(self._journal) as session:
+            heads = journal.pending_heads(session=session, journal_ids=journal_ids)
+        pending = {head.id for head in heads}
+        outcomes.update({i: Outcome.SKIPPED for i in journal_ids if i not in pending})
+        chosen: list[int] = []
+        size = 0
+        for head in heads:
+            if head.attempts >= self._settings.poison_max_attempts:
                 # Every earlier attempt started and none finished: each one took the process down
                 # with it (or was killed). Trying again would only do that again, at every start.
-                reason = f"processing did not finish in {entry.attempts} attempts; the process may have died"
-                log.error("journal entry %s quarantined: %s", journal_id, reason)
-                return self._quarantine(journal_id, reason)
-            with transaction(self._journal) as session:  # committed before the work starts
+                reason = f"processing did not finish in {head.attempts} attempts; the process may have died"
+                log.error("journal entry %s quarantined: %s", head.id, reason)
+                outcomes[head.id] = self._quarantine(head.id, reason)
+                continue
+            # An entry whose last attempt did not finish goes alone: if it is what kills the
+            # process, it must not take the attempts of a whole batch with it.
+            suspect = head.attempts > 0
+            if chosen and (suspect or size + head.size > self._settings.pipeline_batch_max_bytes):
+                break
+            chosen.append(head.id)
+            size += head.size
+            if suspect or len(chosen) >= self._settings.pipeline_batch_max_entries:
+                break
+        with transaction(self._journal) as session:
+            for journal_id in chosen:
                 if journal.begin_attempt(session=session, journal_id=journal_id) is None:
-                    return Outcome.SKIPPED
-        except OperationalError as error:
-            log.warning("journal entry %s deferred, database unavailable: %s", journal_id, error)
-            return Outcome.DEFERRED
-        outcome = self._attempt(entry)
-        if outcome in (Outcome.DEFERRED, Outcome.SKIPPED):
-            self._undo_attempt(journal_id)  # it finished, on purpose without an end: not a crash
-        return outcome
+                    outcomes[journal_id] = Outcome.SKIPPED
+                else:
+                    attempted.append(journal_id)
+        with reading(self._journal) as session:
+            return journal.get_entries(session=session, journal_ids=attempted)
 
-    def _attempt(self, entry: JournalEntry) -> Outcome:
-        journal_id = entry.id or 0
+    def _prepare(self, entry: JournalEntry) -> Inbound:
+        """Parse and judge one entry, outside the write transaction (parsing and DNS can be slow)."""
+        # The row keeps the envelope as received; what the steps read from it must be storable
+        # (a NUL in MAIL FROM must not quarantine the message on PostgreSQL). In memory only.
+        entry.meta = storable_value(entry.meta)
+        # The envelope sender is the requester's last resort when no header names a usable address.
+        parsed = parse_message(entry.raw, envelope_sender=entry.meta.get("mail_from"))
+        trust, parsed = self._gate.assess(entry, parsed)
+        return self._inbound(entry, parsed, trust)
+
+    def _store(self, works: list[Inbound]) -> dict[int, Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        finished: list[ProcessedEntry] = []
+        failed: dict[int, str] = {}
         try:
-            # The row keeps the envelope as received; what the steps read from it must be storable
-            # (a NUL in MAIL FROM must not quarantine the message on PostgreSQL). In memory only.
-            entry.meta = storable_value(entry.meta)
-            # Outside the write transaction: it can be slow. The envelope sender is the requester's
-            # last resort when no header names a usable address.
-            parsed = parse_message(entry.raw, envelope_sender=entry.meta.get("mail_from"))
-            trust, parsed = self._gate.assess(entry, parsed)  # DNS lookups: outside it too
             with transaction(self._engine) as session:
-                if self._shared_journal and not journal.claim_pending(session=session, journal_id=journal_id):
-                    return Outcome.SKIPPED  # another instance has it right now
-                finished = processed.get_processed(session=session, journal_id=journal_id)
-                if finished is None:
-                    finished = self._handle(session, self._inbound(entry, parsed, trust))
-                    processed.record_processed(session=session, entry=finished)
-                # else: done before a crash that came between this commit and the journal's
+                ids = [work.entry.id or 0 for work in works]
+                # PostgreSQL: rows another instance is processing right now are skipped, not awaited.
+                claimed = (
+                    journal.claim_pending_batch(session=session, journal_ids=ids) if self._shared_journal else set(ids)
+                )
+                for work in works:
+                    journal_id = work.entry.id or 0
+                    if journal_id not in claimed:
+                        outcomes[journal_id] = Outcome.SKIPPED
+                        continue
+                    try:
+                        with session.begin_nested():  # this entry alone is undone if it fails
+                            done = self._finish(session, work)
+                    except Deferred:
+                        outcomes[journal_id] = Outcome.DEFERRED
+                        continue
+                    except OperationalError:
+                        raise  # the database, not the message: the whole batch waits
+                    except Exception as error:
+                        log.exception("journal entry %s quarantined", journal_id)
+                        failed[journal_id] = f"{type(error).__name__}: {error}"
+                        continue
+                    finished.append(done)
+                    outcomes[journal_id] = Outcome(done.outcome)
                 if self._shared_journal:
-                    self._mark_journal(session, finished)
-            if not self._shared_journal:
-                with transaction(self._journal) as journal_session:
-                    self._mark_journal(journal_session, finished)
-            return Outcome(finished.outcome)
+                    for journal_id, reason in failed.items():
+                        journal.quarantine(session=session, journal_id=journal_id, reason=reason)
         except OperationalError as error:
-            log.warning("journal entry %s deferred, database unavailable: %s", journal_id, error)
-            return Outcome.DEFERRED
-        except Deferred:
-            return Outcome.DEFERRED
-        except Exception as error:
-            log.exception("journal entry %s quarantined", journal_id)
-            return self._quarantine(journal_id, f"{type(error).__name__}: {error}")
+            log.warning("journal entries %s deferred, database unavailable: %s", [w.entry.id for w in works], error)
+            return {work.entry.id or 0: Outcome.DEFERRED for work in works}
+        if not self._shared_journal:
+            try:
+                with transaction(self._journal) as journal_session:
+                    for done in finished:
+                        self._mark_journal(journal_session, done)
+            except OperationalError as error:  # processed_entry has them: they are marked at replay
+                log.warning("journal not marked yet, entries stay pending: %s", error)
+            for journal_id, reason in failed.items():
+                self._quarantine(journal_id, reason)
+        outcomes.update(dict.fromkeys(failed, Outcome.QUARANTINED))
+        return outcomes
+
+    def _finish(self, session: Session, inbound: Inbound) -> ProcessedEntry:
+        journal_id = inbound.entry.id or 0
+        done = processed.get_processed(session=session, journal_id=journal_id)
+        if done is None:
+            done = self._handle(session, inbound)
+            processed.record_processed(session=session, entry=done)
+        # else: done before a crash that came between this commit and the journal's
+        if self._shared_journal:
+            self._mark_journal(session, done)
+        return done
 
     @staticmethod
     def _mark_journal(session: Session, finished: ProcessedEntry) -> None:
@@ -165,12 +246,17 @@ class Pipeline:
             return Outcome.DEFERRED
         return Outcome.QUARANTINED
 
-    def _undo_attempt(self, journal_id: int) -> None:
+    def _undo_attempts(self, journal_ids: list[int]) -> None:
+        """Take back attempts that ended with the entry pending on purpose (deferred, skipped, left
+        for the next batch): they finished, so they are not what the poison limit counts."""
+        if not journal_ids:
+            return
         try:
             with transaction(self._journal) as session:
-                journal.undo_attempt(session=session, journal_id=journal_id)
+                for journal_id in journal_ids:
+                    journal.undo_attempt(session=session, journal_id=journal_id)
         except OperationalError as error:  # the count stays one too high; the limit leaves room for that
-            log.warning("could not take back the attempt at entry %s: %s", journal_id, error)
+            log.warning("could not take back the attempts at entries %s: %s", journal_ids, error)
 
     def _inbound(self, entry: JournalEntry, parsed: ParsedMessage, trust: TrustVerdict) -> Inbound:
         facts = MailFacts(
@@ -277,60 +363,3 @@ class Pipeline:
         )
         finished.case_id = case.id
         return finished
-
-
-class PipelineRunner:
-    """Feeds journaled entries to the pipeline, one at a time and in order, off the event loop.
-
-    Acknowledging is what senders wait for, and the pipeline competes with it for the one
-    interpreter: while mail is arriving, processing steps aside, but never lets the oldest
-    waiting entry get more than `max_lag` seconds old.
-    """
-
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        *,
-        on_done: Callable[[], None],
-        max_lag: float,
-        arriving: Callable[[], bool] = lambda: False,
-    ) -> None:
-        self._pipeline = pipeline
-        self._on_done = on_done
-        self._max_lag = max_lag
-        self.arriving = arriving
-        self._queue: asyncio.Queue[int] = asyncio.Queue()
-        self._queued: dict[int, float] = {}  # journal id -> loop time it was submitted
-        self.processed = 0
-
-    def submit(self, journal_ids: list[int]) -> None:
-        now = asyncio.get_running_loop().time()
-        for journal_id in journal_ids:
-            if journal_id not in self._queued:
-                self._queued[journal_id] = now
-                self._queue.put_nowait(journal_id)
-
-    async def _step_aside(self, journal_id: int) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = self._queued.get(journal_id, loop.time()) + self._max_lag
-        while self.arriving() and loop.time() < deadline:
-            await asyncio.sleep(0.005)
-
-    async def run(self) -> None:
-        while True:
-            journal_id = await self._queue.get()
-            await self._step_aside(journal_id)
-            try:
-                outcome = await asyncio.to_thread(self._pipeline.process, journal_id)
-            finally:
-                self._queued.pop(journal_id, None)
-            self.processed += 1
-            if outcome == Outcome.DONE:
-                self._on_done()
-            elif outcome == Outcome.DEFERRED:
-                # Earlier mail of its thread is still in flight, or the database is away.
-                asyncio.get_running_loop().call_later(DEFER_SECONDS, self.submit, [journal_id])
-
-    @property
-    def backlog(self) -> int:
-        return self._queue.qsize()

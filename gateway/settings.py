@@ -161,6 +161,13 @@ class Settings(BaseSettings):
     journal_replay_seconds: float = 30.0
     # While mail is arriving, processing steps aside for acknowledging, up to this many seconds.
     pipeline_max_lag_seconds: float = 5.0
+    # Journal entries processed in one transaction (each in a savepoint of its own): a commit and the
+    # ORM's overhead are shared; 50 keeps the write lock short and one failure cheap to isolate.
+    pipeline_batch_max_entries: int = 50
+    # Raw bytes of one batch (an entry larger than this goes alone): bounds the memory of parsed mail.
+    pipeline_batch_max_bytes: int = 16 * 1024 * 1024
+    # Seconds of parsing after which a batch takes no more entries, so the write lock is never held long.
+    pipeline_batch_max_seconds: float = 2.0
     imap_mailboxes: list[MailboxSettings] = Field(default_factory=list)
     instance_name: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
 

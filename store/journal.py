@@ -6,6 +6,7 @@ Keyword-only arguments, an explicit session, never a commit: the pipeline owns t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import update
@@ -33,6 +34,45 @@ def claim_pending(*, session: Session, journal_id: int) -> bool:
     if session.get_bind().dialect.name == "postgresql":
         statement = statement.with_for_update(skip_locked=True)
     return session.exec(statement).first() is not None
+
+
+def claim_pending_batch(*, session: Session, journal_ids: Sequence[int]) -> set[int]:
+    """Lock the pending entries among `journal_ids` for this transaction; returns the ones now ours.
+
+    On PostgreSQL rows another instance holds are skipped (SKIP LOCKED), never waited for, so
+    instances and workers that were handed the same ids share them out instead of queueing.
+    """
+    statement = select(JournalEntry.id).where(
+        col(JournalEntry.id).in_(journal_ids), JournalEntry.status == JournalStatus.PENDING
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        statement = statement.order_by(col(JournalEntry.id)).with_for_update(skip_locked=True)
+    return {id_ for id_ in session.exec(statement) if id_ is not None}
+
+
+@dataclass(frozen=True)
+class EntryHead:
+    """What a batch is planned by, without the raw bytes."""
+
+    id: int
+    size: int
+    attempts: int
+
+
+def pending_heads(*, session: Session, journal_ids: Sequence[int]) -> list[EntryHead]:
+    """The pending entries among `journal_ids`, oldest first, without their raw bytes."""
+    statement = (
+        select(JournalEntry.id, JournalEntry.size, JournalEntry.attempts)
+        .where(col(JournalEntry.id).in_(journal_ids), JournalEntry.status == JournalStatus.PENDING)
+        .order_by(col(JournalEntry.id))
+    )
+    return [EntryHead(id=id_, size=size, attempts=attempts) for id_, size, attempts in session.exec(statement) if id_]
+
+
+def get_entries(*, session: Session, journal_ids: Sequence[int]) -> list[JournalEntry]:
+    """Entries with their raw bytes, oldest first."""
+    statement = select(JournalEntry).where(col(JournalEntry.id).in_(journal_ids)).order_by(col(JournalEntry.id))
+    return list(session.exec(statement))
 
 
 def has_older_pending(*, session: Session, journal_id: int) -> bool:

@@ -1,0 +1,102 @@
+"""Batches: many journal entries in one transaction, each in a savepoint of its own (issue 13).
+
+The entries are journaled through the real intake and processed by the real pipeline in one call
+of `process_batch`, on SQLite and (GATEWAY_TEST_BACKEND=postgresql) PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from gateway.app import Components
+from gateway.intake import Intake
+from gateway.settings import Settings
+from store.db import reading
+from store.models import Case, JournalEntry, Message, OutboxItem
+from store.states import Outcome
+from tests.helpers import SUPPORT, authenticated, make_mail
+
+
+@pytest.fixture
+async def components(settings: Settings) -> AsyncIterator[Components]:
+    built = Components.build(settings)
+    yield built
+    built.dispose()
+
+
+async def _journal(components: Components, mails: list[tuple[bytes, dict[str, Any]]]) -> list[int]:
+    intake = Intake(components.journal_engine, instance_name="batch-test")
+    return [(await intake.accept(raw, source="smtp", meta=meta)).journal_id for raw, meta in mails]
+
+
+def _envelope(sender: str) -> dict[str, Any]:
+    # As the SMTP listener journals it; 127.0.0.1 is the trusted relay of the test settings.
+    return {"mail_from": sender, "rcpt_tos": [SUPPORT], "peer": "127.0.0.1"}
+
+
+def _rows(components: Components) -> tuple[list[Case], list[Message], list[OutboxItem]]:
+    with reading(components.engine) as session:
+        return (
+            list(session.exec(select(Case).order_by(col(Case.id)))),
+            list(session.exec(select(Message).order_by(col(Message.id)))),
+            list(session.exec(select(OutboxItem).order_by(col(OutboxItem.id)))),
+        )
+
+
+async def test_a_poison_entry_inside_a_batch_is_quarantined_alone(components: Components):
+    senders = [f"klient{n}@klient.example" for n in range(5)]
+    mails = [
+        (authenticated(make_mail(sender=s, subject=f"Sprawa {n}")).as_bytes(), _envelope(s))
+        for n, s in enumerate(senders)
+    ]
+    # The middle entry's journal meta is corrupt (a panel category that is not text, as a buggy
+    # producer might write it): it fails only when its case row is flushed, after its case number
+    # was drawn, so its savepoint must undo work already done.
+    mails[2][1]["panel"] = {"category": {"not": "text"}}
+    ids = await _journal(components, mails)
+
+    outcomes = components.pipeline.process_batch(ids)
+
+    assert outcomes == {i: Outcome.QUARANTINED if i == ids[2] else Outcome.DONE for i in ids}
+    with reading(components.journal_engine) as session:
+        entries = {e.id: e for e in session.exec(select(JournalEntry))}
+    assert entries[ids[2]].status == "quarantined" and "Error" in (entries[ids[2]].reason or "")
+    assert [entries[i].status for i in ids if i != ids[2]] == ["done"] * 4
+    cases, messages, outbox = _rows(components)
+    assert [c.requester for c in cases] == [s for n, s in enumerate(senders) if n != 2]
+    # No gap in the case numbers: the poison entry's counter bump was rolled back with its savepoint.
+    assert [int(c.number.split("-")[1]) for c in cases] == [1, 2, 3, 4]
+    assert len([m for m in messages if m.direction == "inbound"]) == 4
+    assert sorted(o.kind for o in outbox) == ["ack"] * 4 + ["notification"] * 4
+
+
+async def test_a_reply_and_its_parent_in_one_batch_land_in_one_case(components: Components):
+    parent = authenticated(make_mail(sender="anna@klient.example", subject="Brak dostępu do panelu"))
+    reply = authenticated(
+        make_mail(
+            sender="anna@klient.example",
+            subject="Re: Brak dostępu do panelu",
+            body="Dodam, że hasło było zmieniane wczoraj.",
+            in_reply_to=str(parent["Message-ID"]),
+        )
+    )
+    ids = await _journal(
+        components,
+        [(parent.as_bytes(), _envelope("anna@klient.example")), (reply.as_bytes(), _envelope("anna@klient.example"))],
+    )
+
+    assert components.pipeline.process_batch(ids) == dict.fromkeys(ids, Outcome.DONE)
+
+    cases, messages, outbox = _rows(components)
+    assert len(cases) == 1
+    inbound = [m for m in messages if m.direction == "inbound"]
+    assert [m.case_id for m in inbound] == [cases[0].id] * 2
+    # Exactly once: one acknowledgement (for the new case) and one staff notification per message.
+    assert sorted(o.kind for o in outbox) == ["ack", "notification", "notification"]
+    # Processing the same entries again (a replay after a crash) changes nothing.
+    assert components.pipeline.process_batch(ids) == dict.fromkeys(ids, Outcome.SKIPPED)
+    assert [len(rows) for rows in _rows(components)] == [len(cases), len(messages), len(outbox)]
