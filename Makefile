@@ -29,7 +29,8 @@ lint: install
 	$(PY) tools/import_cycles.py gateway store
 
 # Lint, the whole suite on SQLite, then every database-dependent test again on PostgreSQL.
-test: install system-deps lint
+# system-deps first: on a fresh Debian machine even the venv needs a package (python3-venv).
+test: system-deps install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	GATEWAY_TEST_BACKEND=postgresql $(PY) -m pytest $(PYTEST_ARGS)
 

@@ -18,6 +18,9 @@ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v pg_lsclusters >/dev/null 2>&1 || missing+=(postgresql)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v make >/dev/null 2>&1 || missing+=(make)
+# `make install` creates .venv/ with the system python3, which on Debian needs python3-venv for it.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies config/support-gateway.service
 if [ ${#missing[@]} -gt 0 ]; then
   need_root "missing Debian packages: ${missing[*]}"
