@@ -47,6 +47,9 @@ def authenticated(message: EmailMessage) -> EmailMessage:
 
 
 def free_port() -> int:
+    """A port that was free a moment ago, for the one server that cannot bind port 0 and say which
+    port it got (Dovecot: port 0 disables a listener). Racy by nature; tests/servers/dovecot.py starts
+    again on another port if the bind fails. Everything else binds port 0 and reports its port."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
