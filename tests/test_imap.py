@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -53,10 +53,12 @@ def message(n: int, *, subject: str | None = None) -> bytes:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    engine = make_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
+def engine(database_url: str) -> Iterator[Engine]:
+    """SQLite, or PostgreSQL on the PostgreSQL pass (the lease is then a real advisory lock)."""
+    engine = make_engine(database_url)
     upgrade(engine)  # the schema as the migrations make it, journal included
-    return engine
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
