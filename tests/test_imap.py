@@ -198,24 +198,26 @@ async def test_uid_tracking_not_seen_decides_what_is_new(
     dovecot: DovecotServer, engine: Engine, intake: Intake
 ) -> None:
     # Mail already \Seen by a human before the gateway ever ran is still new to the gateway...
-    first = message(1)
+    first, second = message(1), message(2)
     await append(dovecot, first, flags="(\\Seen)")
+    await append(dovecot, second)
     poller = make_poller(dovecot, engine, intake, idle=False, poll_seconds=0.3)
     async with running(poller):
-        await wait_rows(engine, 1)
-    # ...and a UID at or below the recorded one is never fetched again, \Seen or not.
-    with transaction(engine) as session:
-        imap_state.save_state(session=session, mailbox="support", uidvalidity=dovecot.uidvalidity(), last_uid=2)
-    await append(dovecot, message(2))  # UID 2: counts as done
+        await wait_rows(engine, 2)
+        await wait_until(lambda: poller.status["last_uid"] == 2, what="last_uid 2")
+    # ...and a UID at or below the recorded one is never fetched again, \Seen or not: a human
+    # marks both unread again while the gateway is down.
+    await asyncio.to_thread(dovecot.remove_flag, [1, 2], "\\Seen")
+    assert all("\\Seen" not in flags for flags in dovecot.messages().values())
     third = message(3)
     await append(dovecot, third)
-    second = make_poller(dovecot, engine, intake, idle=False, poll_seconds=0.3)
-    async with running(second):
-        rows = await wait_rows(engine, 2)
-        await polls_pass(second, 3)  # a few more poll rounds: nothing else may arrive
+    restarted = make_poller(dovecot, engine, intake, idle=False, poll_seconds=0.3)
+    async with running(restarted):
+        await wait_rows(engine, 3)
+        await polls_pass(restarted, 3)  # a few more poll rounds: nothing else may arrive
     rows = await journal_async(engine)
-    assert [row.raw for row in rows] == [first, third]
-    assert [row.meta["uid"] for row in rows] == [1, 3]
+    assert [row.raw for row in rows] == [first, second, third]
+    assert [row.meta["uid"] for row in rows] == [1, 2, 3]
 
 
 # --- after-fetch actions ---------------------------------------------------------------------------

@@ -374,6 +374,12 @@ class DovecotServer:
                     raise ValueError("test messages must use CRLF line endings to round-trip byte-exact")
                 _ok(connection.append(_quote(folder), None, None, raw))
 
+    def remove_flag(self, uids: list[int], flag: str, *, user: str = "support", folder: str = "INBOX") -> None:
+        """What a human's client does on "mark as unread" (flag "\\Seen")."""
+        with self.client(user) as connection:
+            _ok(connection.select(_quote(folder)))
+            _ok(connection.uid("STORE", ",".join(map(str, uids)), "-FLAGS", f"({flag})"))
+
     def create_folder(self, folder: str, *, user: str = "support") -> None:
         with self.client(user) as connection:
             _ok(connection.create(_quote(folder)))
