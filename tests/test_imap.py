@@ -97,6 +97,10 @@ async def polls_pass(poller: MailboxPoller, rounds: int = 2) -> None:
         await wait_until(lambda: poller.state.last_poll_at != before, what="another poll round")  # noqa: B023
 
 
+def imap_polls(mailbox: str = "support") -> float:
+    return REGISTRY.get_sample_value("gateway_imap_polls_total", {"mailbox": mailbox}) or 0.0
+
+
 def imap_errors(mailbox: str = "support") -> float:
     return REGISTRY.get_sample_value("gateway_imap_errors_total", {"mailbox": mailbox}) or 0.0
 
@@ -155,6 +159,7 @@ async def test_polling_journals_existing_and_new_mail(dovecot: DovecotServer, en
     before = [message(1), message(2)]
     for raw in before:
         await append(dovecot, raw)
+    polls_before = imap_polls()
     poller = make_poller(dovecot, engine, intake, idle=False, poll_seconds=0.5)
     async with running(poller):
         rows = await wait_rows(engine, 2)
@@ -167,6 +172,7 @@ async def test_polling_journals_existing_and_new_mail(dovecot: DovecotServer, en
     assert all(row.source == "imap" for row in rows)
     assert rows[0].meta == {"mailbox": "support", "uid": 1, "uidvalidity": dovecot.uidvalidity()}
     assert poller.status["last_uid"] == 5
+    assert imap_polls() >= polls_before + 4  # one sync per delivery at least, counted per mailbox
     saved = state(engine)
     assert saved is not None and saved.last_uid == 5 and saved.uidvalidity == dovecot.uidvalidity()
 
