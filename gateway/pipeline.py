@@ -271,8 +271,7 @@ class Pipeline:
         return Inbound(entry=entry, parsed=parsed, verdict=classify(facts), panel=panel, trust=trust)
 
     def _is_own_address(self, address: str) -> bool:
-        address = address.lower()
-        return self._addresses.is_ours(address) or address == self._settings.staff_queue_address.lower()
+        return self._addresses.is_own_address(address)  # ours, and the staff queue (gateway.addresses)
 
     # --- the decisions -------------------------------------------------------------------------
 

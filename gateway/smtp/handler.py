@@ -27,9 +27,7 @@ class SmtpHandler:
         self._addresses = addresses
 
     def accepts(self, address: str) -> bool:
-        address = address.lower()
-        postmaster = f"postmaster@{self._settings.support_domain}"
-        return self._addresses.is_ours(address) or address == postmaster
+        return self._addresses.is_ours(address)  # support, its plus-addresses, postmaster (gateway.addresses)
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
