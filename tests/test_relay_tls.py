@@ -190,6 +190,34 @@ async def test_plain_smtp_uses_starttls_when_offered(settings_factory: Callable[
             components.dispose()
 
 
+async def test_plain_smtp_still_delivers_when_the_offered_starttls_is_broken(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    with TlsRelay(tmp_path / "certs", mode="starttls", require_auth=False, broken_tls=True) as relay:
+        settings = settings_factory(relay_url=relay.url(scheme="smtp"), relay_max_connections=1)
+        components, _ = await one_pass(settings, CUSTOMERS[:2])
+        try:
+            # Postfix's "may": clear text rather than no mail at all; the handshake was tried once.
+            assert [(d.encrypted, d.connection) for d in relay.deliveries] == [(False, 2), (False, 2)]
+            assert {r.status for r in rows(components)} == {"sent"}
+        finally:
+            components.dispose()
+
+
+async def test_a_broken_starttls_is_never_a_fallback_on_smtp_starttls(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    with TlsRelay(tmp_path / "certs", mode="starttls", require_auth=False, broken_tls=True) as relay:
+        settings = settings_factory(relay_url=relay.url(), relay_tls_ca_file=relay.cert_file)
+        components, _ = await one_pass(settings, CUSTOMERS[:1])
+        try:
+            assert relay.deliveries == []
+            [row] = rows(components)
+            assert row.status == "queued" and "cannot reach the relay" in (row.last_error or "")
+        finally:
+            components.dispose()
+
+
 async def test_a_password_is_never_sent_without_encryption(settings_factory: Callable[..., Settings]) -> None:
     with RelaySink() as sink:  # offers neither STARTTLS nor AUTH
         settings = settings_factory(relay_url=f"smtp://{URL_CREDENTIALS}@{sink.host}:{sink.port}")
@@ -202,7 +230,7 @@ async def test_a_password_is_never_sent_without_encryption(settings_factory: Cal
             components.dispose()
 
 
-async def test_a_gateway_relays_a_customer_exchange_over_one_authenticated_connection(
+async def test_a_gateway_relays_a_customer_exchange_encrypted_and_authenticated(
     settings_factory: Callable[..., Settings], starttls_relay: TlsRelay
 ) -> None:
     settings = settings_factory(
@@ -219,6 +247,7 @@ async def test_a_gateway_relays_a_customer_exchange_over_one_authenticated_conne
         deliveries = starttls_relay.deliveries
         assert {d.recipients[0] for d in deliveries} == {CUSTOMERS[0], settings.staff_queue_address}
         assert all(d.encrypted and d.login == USER for d in deliveries)
-        assert len({d.connection for d in deliveries}) == 1  # the ack and the notification share it
+        # (Whether both share a connection depends on their landing in one worker pass, which the
+        # pipeline's transactions decide; sharing within a pass is the first test's business.)
     finally:
         await gateway.stop()

@@ -19,6 +19,7 @@ that means for the row.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import ssl
@@ -38,6 +39,8 @@ from gateway.settings import Settings
 # RCPT, DATA, RSET); a whole attempt is bounded as well, so that it always ends before the outbox
 # lease guarding it runs out.
 STEPS_PER_ATTEMPT = 9
+
+log = logging.getLogger(__name__)
 
 Security = Literal["opportunistic", "starttls", "tls"]
 
@@ -144,7 +147,7 @@ class SmtpRelay:
         async with self.session() as connection:
             await connection.send(raw=raw, mail_from=mail_from, recipient=recipient, key=key)
 
-    def _client(self) -> aiosmtplib.SMTP:
+    def _client(self, *, start_tls: bool) -> aiosmtplib.SMTP:
         target = self.target
         tls_context: ssl.SSLContext | None = None
         if target.security == "opportunistic" or not target.verify:
@@ -158,8 +161,7 @@ class SmtpRelay:
             port=target.port,
             timeout=self._timeout,
             use_tls=target.security == "tls",
-            # None: STARTTLS if offered; True: STARTTLS or fail.
-            start_tls=None if target.security == "opportunistic" else target.security == "starttls",
+            start_tls=start_tls,  # True: STARTTLS or fail (opportunistic STARTTLS is done by hand)
             tls_context=tls_context,
         )
 
@@ -213,29 +215,68 @@ class _SmtpConnection:
             raise TemporaryFailure(str(self._broken))
         if self._client is not None and self._client.is_connected:
             return self._client
-        relay = self._relay
-        target = relay.target
-        client = relay._client()
+        target = self._relay.target
+        client: aiosmtplib.SMTP | None = None
         try:
-            await client.connect()
-            relay.connections_opened += 1
+            client = await self._open()
             if client.is_ehlo_or_helo_needed:
                 await client.ehlo()  # after STARTTLS the extensions are asked again: SMTPUTF8 is decided on them
             if target.username:
                 await self._login(client, target)
         except aiosmtplib.SMTPAuthenticationError as error:
-            client.close()
             # Soft, as Postfix's smtp_sasl_auth_soft_bounce: fixing the password must not cost mail.
             self._broken = TemporaryFailure(
                 f"the relay refused our login as {target.username!r}: {error.code} {error.message}"
                 " (check relay_username / relay_password)"
             )
             raise self._broken from error
+        except TemporaryFailure as error:
+            self._broken = error
+            raise
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as error:
-            client.close()
             self._broken = TemporaryFailure(f"cannot reach the relay {target!r}: {type(error).__name__}: {error}")
             raise self._broken from error
-        self._client = client
+        else:
+            self._client = client
+            return client
+        finally:
+            if client is not None and client is not self._client:
+                client.close()  # failed, or cancelled (the attempt's deadline) half-way
+
+    async def _open(self) -> aiosmtplib.SMTP:
+        """A connected client: TLS as the URL asks; on smtp://, STARTTLS when offered and working."""
+        relay = self._relay
+        target = relay.target
+        if target.security != "opportunistic":
+            client = relay._client(start_tls=target.security == "starttls")
+            await client.connect()
+            relay.connections_opened += 1
+            return client
+        client = relay._client(start_tls=False)
+        await client.connect()
+        relay.connections_opened += 1
+        try:
+            await client.ehlo()
+            if not client.supports_extension("starttls"):
+                return client
+            await client.starttls()
+            return client
+        except asyncio.CancelledError:
+            client.close()
+            raise
+        except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as error:
+            # Postfix's "may" level: a relay whose TLS is broken still gets the mail, in clear text,
+            # rather than none at all (a password is still never sent that way: see _login).
+            client.close()
+            log.warning(
+                "relay %r: STARTTLS failed (%s: %s); this connection is not encrypted",
+                target,
+                type(error).__name__,
+                error,
+            )
+        client = relay._client(start_tls=False)
+        await client.connect()
+        relay.connections_opened += 1
         return client
 
     @staticmethod

@@ -3,7 +3,8 @@
 It plays the provider's submission server the outbox relays through: it offers STARTTLS
 (`mode="starttls"`, as on port 587) or speaks TLS from the first byte (`mode="smtps"`, port 465),
 accepts AUTH PLAIN/LOGIN only over TLS and only for its `users`, optionally refuses mail from a
-session that did not log in, and optionally offers SMTPUTF8. For every DATA it records which
+session that did not log in, optionally offers SMTPUTF8, and can offer a STARTTLS whose handshake
+always fails (`broken_tls`). For every DATA it records which
 connection carried it, whether that connection was encrypted, who had logged in, and the MAIL
 options, so a test can see on the wire what the gateway did. The certificate is made at start-up
 with the openssl command line (no Python crypto package needed) in a directory the caller gives.
@@ -97,11 +98,13 @@ class TlsRelay:
         users: dict[str, str] | None = None,
         require_auth: bool = True,
         smtputf8: bool = False,
+        broken_tls: bool = False,
     ) -> None:
         self.mode = mode
         self.users = dict(users or {})
         self.require_auth = require_auth
         self.smtputf8 = smtputf8
+        self.broken_tls = broken_tls
         self.cert_file, self.key_file = make_certificate(directory)
         self.host = "127.0.0.1"
         self.port = 0
@@ -119,6 +122,13 @@ class TlsRelay:
     def _tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        if self.broken_tls:
+            # Offers STARTTLS but demands a client certificate nobody has, inside a TLS 1.2
+            # handshake (where it is checked before the handshake ends): every handshake fails,
+            # as with a relay whose TLS setup is broken.
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(str(self.cert_file))
         return context
 
     def _authenticate(
