@@ -208,6 +208,14 @@ async def test_policy_authenticated_answers_only_the_authenticated(make_gateway,
     assert len(mail_to(settings, CUSTOMER)) == 1
 
 
+async def test_policy_all_answers_even_a_failed_sender_but_with_the_number_only(make_gateway):
+    gateway, settings = await make_gateway(auto_reply_policy="all")
+    forged = "prezes@bank.example"
+    await deliver(gateway, settings, make_mail(sender=forged, subject="CHEAP PILLS"), mail_from=forged)
+    [ack] = mail_to(settings, forged)
+    assert "CHEAP PILLS" not in str(ack["Subject"]) and "CHEAP PILLS" not in text_of(ack)
+
+
 async def test_the_global_hourly_cap_holds_whoever_writes(make_gateway):
     gateway, settings = await make_gateway(auto_replies_per_hour=3)
     for n in range(5):
@@ -386,6 +394,17 @@ async def test_a_staff_reply_over_smtp_auth_reaches_the_customer(make_gateway, d
         await client.send_message(reply, sender=STAFF, recipients=[SUPPORT])
     await settle(gateway, outbox=True)
     assert "Naprawione." in text_of(mail_to(settings, CUSTOMER)[-1])
+
+
+async def test_an_smtp_auth_login_may_answer_as_an_address_listed_for_it(make_gateway, dkim_key):
+    gateway, settings = await make_gateway(smtp_auth_send_as={STAFF: [STAFF_MEMBER]})
+    case, _ = await customer_case(gateway, settings, dkim_key)
+    reply = make_mail(sender=STAFF_MEMBER, subject=f"Re: [#{case['number']}] Nie działa poczta", body="Zrobione.")
+    async with aiosmtplib.SMTP(hostname=settings.smtp_host, port=settings.smtp_port, start_tls=False) as client:
+        await client.login(STAFF, PASSWORD)
+        await client.send_message(reply, sender=STAFF, recipients=[SUPPORT])
+    await settle(gateway, outbox=True)
+    assert "Zrobione." in text_of(mail_to(settings, CUSTOMER)[-1])
 
 
 async def test_an_smtp_auth_login_cannot_answer_as_another_staff_member(make_gateway, dkim_key):
