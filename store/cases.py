@@ -6,12 +6,11 @@ Keyword-only arguments, an explicit session, never a commit. Every lookup on the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
-from sqlalchemy import func, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Connection, Engine, func, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from store.models import (
@@ -25,21 +24,43 @@ from store.models import (
 )
 
 
-def _upsert(session: Session) -> Callable[..., Any]:
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
 def next_case_number(*, session: Session, year: int) -> str:
-    """YYYY-NNNNNN, unique across instances: one atomic upsert on the year's counter row."""
-    insert = _upsert(session)
+    """YYYY-NNNNNN, unique across instances.
+
+    SQLite (one writer at a time): one atomic upsert on the year's counter row. PostgreSQL: a
+    sequence per year, because a counter row stays locked until the transaction commits, and the
+    pipeline's transactions hold a whole batch: instances would take turns instead of working side
+    by side. A sequence never waits; a rolled-back entry leaves a gap in the numbers, as a help
+    desk's numbers may have.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return f"{year}-{_next_in_sequence(session, year):06d}"
     statement = (
-        insert(CaseNumberCounter)
+        sqlite_insert(CaseNumberCounter)
         .values(year=year, last=1)
         .on_conflict_do_update(index_elements=["year"], set_={"last": col(CaseNumberCounter.last) + 1})
         .returning(col(CaseNumberCounter.last))
     )
-    last = session.execute(statement).scalar_one()
-    return f"{year}-{last:06d}"
+    return f"{year}-{session.execute(statement).scalar_one():06d}"
+
+
+def _next_in_sequence(session: Session, year: int) -> int:
+    name = f"case_number_{int(year)}"
+    if session.execute(text("SELECT to_regclass(:name)"), {"name": name}).scalar() is None:
+        _create_sequence(session.get_bind(), name, year)
+    return int(session.execute(text(f"SELECT nextval('{name}')")).scalar_one())
+
+
+def _create_sequence(bind: Engine | Connection, name: str, year: int) -> None:
+    # Outside the caller's transaction (DDL there would hold a catalog lock until it commits), and
+    # starting after what the year's counter row handed out before sequences were used.
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        last = connection.execute(select(CaseNumberCounter.last).where(CaseNumberCounter.year == year)).scalar()
+        try:
+            connection.execute(text(f"CREATE SEQUENCE IF NOT EXISTS {name} START WITH {int(last or 0) + 1}"))
+        except DBAPIError:
+            pass  # another instance created it at the same moment: theirs serves as well
 
 
 def get_case(*, session: Session, case_id: int) -> Case | None:

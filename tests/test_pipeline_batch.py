@@ -18,7 +18,7 @@ from gateway.settings import Settings
 from store.db import reading
 from store.models import Case, JournalEntry, Message, OutboxItem
 from store.states import Outcome
-from tests.helpers import SUPPORT, authenticated, make_mail
+from tests.helpers import BACKEND, SUPPORT, authenticated, make_mail
 
 
 @pytest.fixture
@@ -68,8 +68,13 @@ async def test_a_poison_entry_inside_a_batch_is_quarantined_alone(components: Co
     assert [entries[i].status for i in ids if i != ids[2]] == ["done"] * 4
     cases, messages, outbox = _rows(components)
     assert [c.requester for c in cases] == [s for n, s in enumerate(senders) if n != 2]
-    # No gap in the case numbers: the poison entry's counter bump was rolled back with its savepoint.
-    assert [int(c.number.split("-")[1]) for c in cases] == [1, 2, 3, 4]
+    numbers = [int(c.number.split("-")[1]) for c in cases]
+    if BACKEND == "sqlite":
+        # No gap: the poison entry's counter bump was rolled back with its savepoint.
+        assert numbers == [1, 2, 3, 4]
+    else:
+        # PostgreSQL draws numbers from a sequence, which no rollback takes back (store.cases).
+        assert numbers == sorted(set(numbers)) and numbers[:2] == [1, 2]
     assert len([m for m in messages if m.direction == "inbound"]) == 4
     assert sorted(o.kind for o in outbox) == ["ack"] * 4 + ["notification"] * 4
 
