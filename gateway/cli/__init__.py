@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_cases_show)
 
+    release = case_commands.add_parser("release", help="a case held as spam becomes an open case (false positive)")
+    release.add_argument("number")
+    release.set_defaults(handler=_cases_release)
+
     export = commands.add_parser("export", help="every case as JSON Lines (the `cases show --json` shape)")
     export.set_defaults(handler=_export)
 
@@ -262,6 +266,30 @@ def _cases_show(settings: Settings, args: argparse.Namespace) -> int:
         for attachment in message["attachments"]:
             note = f" REFUSED: {attachment['reason']}" if attachment["refused"] else ""
             print(f"    [attachment] {attachment['filename']} ({attachment['size']} bytes){note}")
+    return 0
+
+
+def _cases_release(settings: Settings, args: argparse.Namespace) -> int:
+    """Spam is never answered and never shown in the panel; releasing a false positive makes it an
+    ordinary open case of its requester's account. Nothing is sent: staff answer it as they see fit."""
+    from store import cases, directory
+    from store.db import transaction
+    from store.models import utcnow
+    from store.states import CaseStatus
+
+    with transaction(_read_engine(settings)) as session:
+        case = cases.get_case_by_number(session=session, number=args.number)
+        if case is None:
+            print(f"no case {args.number}", file=sys.stderr)
+            return 1
+        if case.status != CaseStatus.SPAM:
+            print(f"case {args.number} is {case.status}, not spam", file=sys.stderr)
+            return 1
+        account = directory.account_for_address(session=session, email=case.requester)
+        case.status, case.updated_at = CaseStatus.OPEN, utcnow()
+        case.account_id = account.id if account is not None else case.account_id
+        session.add(case)
+    print(f"released case {args.number}: open")
     return 0
 
 
