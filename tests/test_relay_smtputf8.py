@@ -11,16 +11,17 @@ from collections.abc import Callable
 from email import policy
 from pathlib import Path
 
+import aiosmtplib
 from sqlmodel import col, select
 
-from gateway.app import Components
+from gateway.app import Components, Gateway
 from gateway.outbound.relay import relay_for
 from gateway.outbound.replies import Outgoing
 from gateway.outbound.worker import OutboxWorker
 from gateway.settings import Settings
 from store.db import reading, transaction
 from store.models import Case, OutboxItem
-from tests.helpers import STAFF_QUEUE
+from tests.helpers import STAFF_QUEUE, SUPPORT, settle
 from tests.servers.relay_sink import RelaySink
 from tests.servers.tls_relay import TlsRelay
 
@@ -93,3 +94,29 @@ async def test_fails_at_once_and_tells_staff_when_the_relay_cannot(settings_fact
             assert CUSTOMER in text and "SMTPUTF8" in text
         finally:
             components.dispose()
+
+
+async def test_a_customer_writing_from_an_internationalised_address_gets_the_acknowledgement(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """End to end: in over SMTPUTF8 (as Postfix relays it), the case, and the acknowledgement out."""
+    with TlsRelay(tmp_path / "certs", mode="starttls", require_auth=False, smtputf8=True) as relay:
+        settings = settings_factory(relay_url=relay.url(scheme="smtp"), sender_verification="off")
+        gateway = Gateway(settings)
+        await gateway.start()
+        try:
+            raw = (
+                f"From: Zażółć Jaźń <{CUSTOMER}>\r\nTo: {SUPPORT}\r\nSubject: Gęślą jaźń\r\n"
+                "Message-ID: <utf8-1@klient.example>\r\nMIME-Version: 1.0\r\n"
+                'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n'
+                "Dzień dobry, piszę z adresu z polskimi znakami.\r\n"
+            ).encode()
+            async with aiosmtplib.SMTP(hostname=settings.smtp_host, port=settings.smtp_port, start_tls=False) as client:
+                await client.sendmail(CUSTOMER, [SUPPORT], raw, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+            await settle(gateway, outbox=True)
+            await relay.wait_for(lambda r: any(CUSTOMER in d.recipients for d in r.deliveries))
+            [ack] = [d for d in relay.deliveries if CUSTOMER in d.recipients]
+            assert "SMTPUTF8" in [option.upper() for option in ack.mail_options]
+            assert str(ack.message["To"]) == CUSTOMER
+        finally:
+            await gateway.stop()
