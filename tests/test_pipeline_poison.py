@@ -97,5 +97,11 @@ def test_a_message_that_kills_the_process_every_time_ends_in_quarantine(tmp_path
         requesters = {case["requester"] for case in json.loads(_cli(env, "cases", "list", "--json"))}
         assert requesters == {"pozniej@klient.example"}
         assert served.healthz().status_code == 200  # still serving
+
+        # After a fix, `quarantine retry` starts the count afresh (nothing kills the process now).
+        _cli(env, "quarantine", "retry", str(heavy_id))
+        assert {e.id: (e.status, e.attempts) for e in _entries(env)}[heavy_id] == ("done", 1)
+        requesters = {case["requester"] for case in json.loads(_cli(env, "cases", "list", "--json"))}
+        assert requesters == {"pozniej@klient.example", "ciezki@klient.example"}
     finally:
         served.stop()
