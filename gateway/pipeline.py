@@ -27,7 +27,7 @@ from gateway.classify import MailFacts, classify
 from gateway.metrics import PROCESSED, PROCESSING_TIME, QUARANTINED
 from gateway.outbound.choose import MailChoice
 from gateway.outbound.replies import Replies
-from gateway.parse import ParsedMessage, parse_message
+from gateway.parse import ParseBudget, ParsedMessage, parse_message
 from gateway.record import Inbound, Recorder
 from gateway.settings import Settings
 from gateway.staff.answer import StaffAnswers
@@ -70,6 +70,16 @@ class Pipeline:
         self._mail = MailChoice(settings=settings, replies=replies)
         self._staff = StaffAnswers(recorder=self._recorder, mail=self._mail)
         self._gate = TrustGate(settings=settings, addresses=addresses, replies=replies)
+        # What one message may cost the parser (SPEC §13), from settings.
+        self._parse_budget = ParseBudget(
+            max_parts=settings.mime_max_parts,
+            max_depth=settings.mime_max_depth,
+            max_headers=settings.mime_max_headers,
+            max_header_bytes=settings.mime_max_header_bytes,
+            max_defects=settings.mime_max_defects,
+            max_container_output_bytes=settings.mime_max_container_output_bytes,
+            max_processing_seconds=settings.mime_max_processing_seconds,
+        )
 
     # --- transaction ownership -----------------------------------------------------------------
 
@@ -161,7 +171,7 @@ class Pipeline:
         # (a NUL in MAIL FROM must not quarantine the message on PostgreSQL). In memory only.
         entry.meta = storable_value(entry.meta)
         # The envelope sender is the requester's last resort when no header names a usable address.
-        parsed = parse_message(entry.raw, envelope_sender=entry.meta.get("mail_from"))
+        parsed = parse_message(entry.raw, envelope_sender=entry.meta.get("mail_from"), budget=self._parse_budget)
         trust, parsed = self._gate.assess(entry, parsed)
         return self._inbound(entry, parsed, trust)
 

@@ -153,7 +153,9 @@ class Recorder:
             content_id=part.content_id,
             inline=part.inline,
         )
-        if part.size > limit:
+        if part.refused_reason:  # parts a MIME budget left unpacked: recorded, never stored
+            row.refused, row.reason = True, part.refused_reason
+        elif part.size > limit:
             row.refused = True
             row.reason = f"attachment exceeds the limit of {limit} bytes ({part.size} bytes)"
         else:

@@ -11,9 +11,10 @@ import struct
 import tracemalloc
 from collections.abc import Callable
 
+from gateway.app import Gateway
 from gateway.parse import ParseBudget, ParsedMessage, parse_message
 from gateway.parse.tnef import _RTF_PRESET
-from tests.helpers import all_cases, send, settle
+from tests.helpers import all_cases, make_mail, send, sent_to, settle
 
 HEAD = b"From: Jan Nowak <jan@example.pl>\r\nTo: bok@example.test\r\nSubject: Budzet\r\nMessage-ID: <budget@example.pl>\r\n"
 
@@ -215,3 +216,31 @@ def test_a_multipart_recovered_from_a_broken_boundary_is_unpacked_within_the_bud
     assert any("recovered from the raw header" in d for d in parsed.defects)
     assert [name for name, _ in refused(parsed)] == ["parts-not-unpacked"]
     assert not any("RecursionError" in d for d in parsed.defects)
+
+
+async def test_the_part_budget_comes_from_settings_and_the_refusal_is_recorded_not_mailed(settings_factory) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_factory(mime_max_parts=4)
+    gateway = Gateway(settings)
+    await gateway.start()
+    try:
+        mail = make_mail(
+            sender="jan.kowalski@klient.example",
+            subject="Dziesięć plików",
+            attachments=[(f"plik-{index}.txt", f"zawartość {index}".encode()) for index in range(10)],
+        )
+        code, _ = await send(settings, mail)
+        assert code == 250
+        await settle(gateway, outbox=True)
+        (case,) = all_cases(gateway)
+    finally:
+        await gateway.stop()
+    attachments = case["messages"][0]["attachments"]
+    stored = [a for a in attachments if not a["refused"]]
+    refused_rows = [a for a in attachments if a["refused"]]
+    assert 0 < len(stored) < 10  # the budget of 4 parts (text body included) held
+    assert [a["filename"] for a in refused_rows] == ["parts-not-unpacked"]
+    assert "part" in (refused_rows[0]["reason"] or "")
+    # The sender hears about files over the size limit, not about a budget: no attachment notice.
+    to_sender = sent_to(settings, "jan.kowalski@klient.example")
+    assert to_sender, "the acknowledgement should have been sent"
+    assert all("załącznik" not in str(message["Subject"]).lower() for message in to_sender)

@@ -49,8 +49,10 @@ class MailChoice:
             self._to_sender(session, case, inbound, "stranger_split", {})
         elif is_new:
             self._to_sender(session, case, inbound, "ack", {"received_subject": inbound.parsed.subject})
-        if refused:
-            listed = [{"filename": a.filename, "size": a.size, "content_type": a.content_type} for a in refused]
+        # The sender's notice is about the size limit; parts a MIME budget left unpacked go to staff only.
+        oversized = [a for a in refused if a.size > self._settings.max_attachment_bytes]
+        if oversized:
+            listed = [{"filename": a.filename, "size": a.size, "content_type": a.content_type} for a in oversized]
             context = {"refused": listed, "limit_bytes": self._settings.max_attachment_bytes}
             self._to_sender(session, case, inbound, "attachment_refused", context)
         self._notify_staff(session, case, inbound, is_new=is_new, refused=refused)
