@@ -226,7 +226,6 @@ class Settings(BaseSettings):
     # SMTP AUTH login -> other From addresses it may send as (a login may always send as itself).
     smtp_auth_send_as: dict[str, list[str]] = Field(default_factory=dict)
 
-
     # --- operations: metrics, logs, retention (SPEC §14) -----------------------------------------
     # Log lines as "text" (human) or "json" (one object per line, for a log shipper).
     log_format: Literal["text", "json"] = "text"

@@ -181,12 +181,20 @@ async def _ingest_batch(
 ) -> None:
     # Journaling the batch concurrently shares one commit among its messages (group commit).
     receipts = await asyncio.gather(*(intake.accept(raw, source="file", meta=meta) for _, raw in batch))
-    for (label, _), receipt in zip(batch, receipts, strict=False):
-        outcome = await asyncio.to_thread(components.pipeline.process, receipt.journal_id)
-        outcomes[outcome] += 1
-        if outcome == "quarantined":
-            print(f"quarantined: {label} (journal entry {receipt.journal_id})", file=sys.stderr)
-        advance()
+    labels = {receipt.journal_id: label for (label, _), receipt in zip(batch, receipts, strict=True)}
+    # Processing them together shares a transaction (a savepoint each); entries a batch budget left
+    # for later come back in the next round, in order. A round that takes nothing goes one by one.
+    pending = list(labels)
+    while pending:
+        done = await asyncio.to_thread(components.pipeline.process_batch, pending)
+        if not done:
+            done = {pending[0]: await asyncio.to_thread(components.pipeline.process, pending[0])}
+        for journal_id, outcome in done.items():
+            outcomes[str(outcome)] += 1
+            if outcome == "quarantined":
+                print(f"quarantined: {labels[journal_id]} (journal entry {journal_id})", file=sys.stderr)
+            advance()
+        pending = [journal_id for journal_id in pending if journal_id not in done]
 
 
 class _progress:
