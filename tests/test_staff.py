@@ -14,14 +14,15 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
 
+import httpx
 import pytest
 from sqlmodel import select
 
 from gateway.app import Gateway
 from gateway.jobs import auto_close
+from gateway.panel.auth import issue_token
 from gateway.parse import parse_message
 from gateway.settings import Settings
-from store import directory
 from store.db import reading, transaction
 from store.models import Case, utcnow
 from tests.helpers import (
@@ -42,6 +43,8 @@ from tests.helpers import (
 CUSTOMER = "jan.kowalski@klient.example"
 STAFF_NAME = "Anna Nowak"
 
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # conftest's short secret
+
 
 # --- helpers ---------------------------------------------------------------------------------------
 
@@ -60,16 +63,18 @@ def attachment_names(message: EmailMessage) -> list[str]:
     return [part.get_filename() or "" for part in message.iter_attachments()]
 
 
-def set_english(gateway: Gateway, customer: str = CUSTOMER) -> None:
-    with transaction(engine_of(gateway)) as session:
-        directory.replace_account(
-            session=session,
-            account_id="acme",
-            name="ACME Ltd",
-            language="en",
-            services=[],
-            contacts=[("representative", "John Smith", customer)],
-        )
+async def set_english(settings: Settings, customer: str = CUSTOMER) -> None:
+    """The customer's account speaks English: set as the panel does it, with PUT /api/accounts."""
+    system = issue_token(secret=settings.panel_secret, sub="panel@hosting.example", account="panel", role="system")
+    body = {
+        "name": "ACME Ltd",
+        "language": "en",
+        "services": [],
+        "contacts": [{"kind": "representative", "name": "John Smith", "email": customer}],
+    }
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=60) as http:
+        response = await http.put("/api/accounts/acme", json=body, headers={"Authorization": f"Bearer {system}"})
+    assert response.status_code == 200, response.text
 
 
 async def deliver(
@@ -198,7 +203,7 @@ ROUND_TRIPS = [
 @pytest.mark.parametrize(("language", "layout"), ROUND_TRIPS)
 async def test_staff_answer_reaches_the_customer_without_the_quote(gateway, settings, language, layout):
     if language == "en":
-        set_english(gateway)
+        await set_english(settings)
     case, first, notification = await customer_opens_case(gateway, settings, body="Router nie działa.")
     greeting = "Dzień dobry," if language == "pl" else "Hello,"
     new_text = f"{greeting}\n\nproszę zrestartować router.\n\nPozdrawiam\nAnna"
@@ -422,7 +427,7 @@ def _age(gateway: Gateway, number: str, days: float) -> None:
 @pytest.mark.parametrize("language", ["pl", "en"])
 async def test_auto_close_closes_answered_idle_cases_and_says_so(gateway, settings, language):
     if language == "en":
-        set_english(gateway)
+        await set_english(settings)
     idle, first, idle_notification = await customer_opens_case(gateway, settings, subject="Stara sprawa")
     await staff_sends(gateway, settings, idle_notification, "Gotowe.")
     recent, _, recent_notification = await customer_opens_case(gateway, settings, subject="Świeża sprawa")
