@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 
 #: Statuses of journal_entry (store.states.JournalStatus) that mean the pipeline is done with it.
 FINISHED_STATUSES = ("done", "duplicate", "quarantined")
+FINISHED_SQL = ", ".join(f"'{status}'" for status in FINISHED_STATUSES)
 
 
 def sqlite_read_only_url(path: Path) -> str:
@@ -47,9 +48,9 @@ class BacklogSample:
     """One look at the journal, `at_s` seconds after the run's origin."""
 
     at_s: float
-    pending: int
+    pending: int  # not finished yet: `pending`, or any in-between state a pipeline may add (a claim)
     finished: int
-    lag_s: float  # age of the oldest pending entry; 0.0 when nothing is pending
+    lag_s: float  # age of the oldest entry not finished; 0.0 when there is none
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,12 @@ class JournalTotals:
     last_processed_epoch: float | None  # when the pipeline finished its last entry
 
     @property
-    def pending(self) -> int:
-        return self.by_status.get("pending", 0)
-
-    @property
     def finished(self) -> int:
         return sum(self.by_status.get(status, 0) for status in FINISHED_STATUSES)
+
+    @property
+    def pending(self) -> int:
+        return self.entries - self.finished
 
 
 def status_counts(connection: Connection) -> dict[str, int]:
@@ -88,16 +89,18 @@ class JournalWatch:
     def sample(self) -> BacklogSample:
         with self.engine.connect() as connection:
             counts = status_counts(connection)
-            # Ids grow with arrival, so the lowest pending id is (near enough) the oldest pending entry.
+            # Ids grow with arrival, so the lowest unfinished id is (near enough) the oldest unfinished
+            # entry. "Not finished" rather than "pending": a pipeline may add states between the two.
             oldest = connection.execute(
-                text("SELECT received_at FROM journal_entry WHERE status = 'pending' ORDER BY id LIMIT 1")
+                text(f"SELECT received_at FROM journal_entry WHERE status NOT IN ({FINISHED_SQL}) ORDER BY id LIMIT 1")
             ).scalar()
         now = time.time()
         received = epoch_of(oldest)
+        finished = sum(counts.get(status, 0) for status in FINISHED_STATUSES)
         return BacklogSample(
             at_s=now - self.origin,
-            pending=counts.get("pending", 0),
-            finished=sum(counts.get(status, 0) for status in FINISHED_STATUSES),
+            pending=sum(counts.values()) - finished,
+            finished=finished,
             lag_s=0.0 if received is None else max(0.0, now - received),
         )
 
@@ -105,8 +108,7 @@ class JournalWatch:
         with self.engine.connect() as connection:
             counts = status_counts(connection)
             last = connection.execute(text("SELECT max(processed_at) FROM journal_entry")).scalar()
-        by_status = {str(status): int(count) for status, count in counts.items()}
-        return JournalTotals(entries=sum(by_status.values()), by_status=by_status, last_processed_epoch=epoch_of(last))
+        return JournalTotals(entries=sum(counts.values()), by_status=counts, last_processed_epoch=epoch_of(last))
 
     async def sample_until(self, stop: asyncio.Event, interval_s: float) -> None:
         """Append a sample every interval_s until `stop` is set (queries run in a thread)."""
@@ -121,7 +123,7 @@ class JournalWatch:
                 pass
 
     async def wait_drained(self, timeout_s: float, interval_s: float = 0.2) -> float | None:
-        """Seconds until no entry is pending (None: not within timeout_s); samples are kept."""
+        """Seconds until every entry is finished (None: not within timeout_s); samples are kept."""
         started = time.monotonic()
         while True:
             sample = await asyncio.to_thread(self.sample)
