@@ -29,7 +29,7 @@ from gateway.settings import Settings
 from store.db import make_engine, reading
 from store.models import Message, OutboxItem
 from tests.helpers import STAFF_QUEUE, make_mail, send, settle
-from tests.servers.relay_sink import DROP, RelaySink
+from tests.servers.relay_sink import DROP, Delivery, RelaySink
 from tests.servers.serve import serve_env, start_serve, wait_until
 
 CUSTOMER = "jan.kowalski@klient.example"
@@ -288,6 +288,9 @@ def test_an_attempt_that_outlived_its_lease_does_not_undo_a_delivery(tmp_path: P
                 GATEWAY_RELAY_TIMEOUT_SECONDS="1",  # a lease of a few seconds
                 GATEWAY_PANEL_SECRET="shared-panel-secret",
                 GATEWAY_SIGNING_SECRET="shared-signing-secret",
+                # One data directory: with SQLite it holds the journal, which instances on one
+                # database must share (each its own journal.db would reuse journal ids).
+                GATEWAY_DATA_DIR=str(tmp_path / "data"),
             )
             instances[name] = start_serve(env, tmp_path / f"{name}.log")
         try:
@@ -311,8 +314,14 @@ def test_an_attempt_that_outlived_its_lease_does_not_undo_a_delivery(tmp_path: P
             # delivers a later message; its worker has been through the outbox again since.
             other.stop()
             with smtplib.SMTP("127.0.0.1", stuck.smtp_port, timeout=30) as client:
-                client.send_message(make_mail(sender=CUSTOMER, subject="druga"))
-            wait_until(lambda: len(sink.accepted_to(CUSTOMER)) == 2, 60, "the second acknowledgement")
+                second = make_mail(sender=CUSTOMER, subject="druga")
+                client.send_message(second)
+            second_id = str(second["Message-ID"]).strip("<>")
+            wait_until(
+                lambda: any(_in_reply_to(d) == second_id for d in sink.accepted_to(CUSTOMER)),
+                60,
+                "the acknowledgement of the second message",
+            )
         finally:
             for served in instances.values():
                 served.stop()
@@ -320,7 +329,12 @@ def test_an_attempt_that_outlived_its_lease_does_not_undo_a_delivery(tmp_path: P
         rows = {row.message_id: row for row in _outbox_snapshot(database_url)}
         assert rows[ack.message_id].status == "sent"
         accepted = Counter(d.message_id for d in sink.accepted_to(CUSTOMER))
-        assert accepted[ack.message_id] == 1 and len(accepted) == 2
+        assert accepted[ack.message_id] == 1, f"the first acknowledgement reached the customer {accepted} times"
+        assert len(accepted) == 2 and sum(accepted.values()) == 2, accepted
+
+
+def _in_reply_to(delivery: Delivery) -> str:
+    return str(_parse(delivery.raw)["In-Reply-To"] or "").strip().strip("<>")
 
 
 def _outbox_snapshot(database_url: str) -> list[OutboxItem]:
