@@ -1,0 +1,106 @@
+"""`gateway ingest`: .eml files, mbox files and maildirs through intake and the pipeline, in batches."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from gateway.app import Components
+    from gateway.intake import Intake
+
+
+def ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.cli.sources import count_messages, iter_raw_messages
+
+    missing = [str(path) for path in args.paths if not path.exists()]
+    if missing:
+        print(f"no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    outcomes: Counter[str] = Counter()
+    total = count_messages(args.paths) if sys.stdout.isatty() else None
+    asyncio.run(_ingest_all(settings, iter_raw_messages(args.paths), outcomes, total, quiet=not args.notify))
+    summary = ", ".join(f"{name} {count}" for name, count in sorted(outcomes.items()))
+    print(f"ingested {sum(outcomes.values())} message(s): {summary or 'nothing'}")
+    return 1 if outcomes.get("quarantined") or outcomes.get("deferred") else 0
+
+
+async def _ingest_all(
+    settings: Settings,
+    messages: Iterable[tuple[str, bytes]],
+    outcomes: Counter[str],
+    total: int | None,
+    *,
+    quiet: bool,
+) -> None:
+    from gateway.app import Components
+    from gateway.intake import Intake
+
+    components = await asyncio.to_thread(Components.build, settings)
+    intake = Intake(components.journal_engine, instance_name=f"{settings.instance_name}-ingest")
+    meta = {"quiet": True} if quiet else {}
+    with _progress(total) as advance:
+        batch: list[tuple[str, bytes]] = []
+        for item in messages:
+            batch.append(item)
+            if len(batch) >= 32:
+                await _ingest_batch(components, intake, batch, meta, outcomes, advance)
+                batch = []
+        await _ingest_batch(components, intake, batch, meta, outcomes, advance)
+    components.dispose()
+
+
+async def _ingest_batch(
+    components: Components,
+    intake: Intake,
+    batch: list[tuple[str, bytes]],
+    meta: dict[str, Any],
+    outcomes: Counter[str],
+    advance: Callable[[], None],
+) -> None:
+    # Journaling the batch concurrently shares one commit among its messages (group commit).
+    receipts = await asyncio.gather(*(intake.accept(raw, source="file", meta=meta) for _, raw in batch))
+    labels = {receipt.journal_id: label for (label, _), receipt in zip(batch, receipts, strict=True)}
+    # Processing them together shares a transaction (a savepoint each); entries a batch budget left
+    # for later come back in the next round, in order. A round that takes nothing goes one by one.
+    pending = list(labels)
+    while pending:
+        done = await asyncio.to_thread(components.pipeline.process_batch, pending)
+        if not done:
+            done = {pending[0]: await asyncio.to_thread(components.pipeline.process, pending[0])}
+        for journal_id, outcome in done.items():
+            outcomes[str(outcome)] += 1
+            if outcome == "quarantined":
+                print(f"quarantined: {labels[journal_id]} (journal entry {journal_id})", file=sys.stderr)
+            advance()
+        pending = [journal_id for journal_id in pending if journal_id not in done]
+
+
+class _progress:
+    """A rich progress bar on a terminal; nothing when the output is a pipe or a file."""
+
+    def __init__(self, total: int | None) -> None:
+        self._total = total
+        self._bar: Progress | None = None
+
+    def __enter__(self) -> Callable[[], None]:
+        if self._total is None:
+            return lambda: None
+        from rich.progress import Progress
+
+        bar = self._bar = Progress()
+        bar.start()
+        task = bar.add_task("ingesting", total=self._total)
+        return lambda: bar.advance(task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
