@@ -426,10 +426,11 @@ def gateway_env(
         GATEWAY_SUPPORT_ADDRESS=RECIPIENT,
         # The load generator is one IP standing for many MTAs: the per-IP cap (20) would refuse c=32.
         GATEWAY_SMTP_MAX_CONNECTIONS_PER_IP="128",
+    )
+    if "GATEWAY_DNS_RESOLVER" not in extra:
         # This machine's resolver is not reachable; the benchmarks that measure processing pass a
         # local DNS server (bench.sustained.local_dns), the others measure without sender checks.
-        GATEWAY_SENDER_VERIFICATION="off",
-    )
+        env["GATEWAY_SENDER_VERIFICATION"] = "off"
     if database_url is not None and not database_url.startswith("sqlite"):
         env["GATEWAY_BLOB_STORE"] = "database"
     env.update(extra)
