@@ -89,6 +89,7 @@ class Components:
         return cls(settings, engine, journal_engine, blobs, addresses, replies, pipeline, panel_secret)
 
     def dispose(self) -> None:
+        self.pipeline.close()  # stops the parse pool's child processes
         self.engine.dispose()
         self.journal_engine.dispose()
 
@@ -244,6 +245,9 @@ class Gateway:
             "smtp": listening,
             "instance": self.settings.instance_name,
             "pipeline_backlog": self.runner.backlog if self.runner else None,
+            # Seconds the oldest acknowledged entry not processed yet has waited, and the most seen.
+            "pipeline_lag_seconds": round(self.runner.lag(), 3) if self.runner else None,
+            "pipeline_max_lag_seconds": round(self.runner.max_lag_seen, 3) if self.runner else None,
             "imap": {poller.mailbox.name: poller.status for poller in self.pollers},
             # A mailbox that cannot log in (a revoked OAuth2 token, a changed password) is named
             # here but does not make the gateway unready: SMTP, the panel and the others still work.

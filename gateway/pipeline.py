@@ -28,6 +28,7 @@ from gateway.metrics import PROCESSED, PROCESSING_TIME, QUARANTINED
 from gateway.outbound.choose import MailChoice
 from gateway.outbound.replies import Replies
 from gateway.parse import ParseBudget, ParsedMessage, parse_message
+from gateway.parse_pool import ParsePool
 from gateway.record import Inbound, Recorder
 from gateway.settings import Settings
 from gateway.staff.answer import StaffAnswers
@@ -80,6 +81,16 @@ class Pipeline:
             max_container_output_bytes=settings.mime_max_container_output_bytes,
             max_processing_seconds=settings.mime_max_processing_seconds,
         )
+        # Parsing on the other cores (gateway.parse_pool); 0 workers: everything in-process.
+        self.parse_pool = ParsePool(
+            workers=settings.pipeline_parse_workers,
+            budget=self._parse_budget,
+            max_entry_bytes=settings.pipeline_parse_pool_max_entry_bytes,
+        )
+
+    def close(self) -> None:
+        """Stop the parse pool's children (the gateway stops, `gateway ingest` ends)."""
+        self.parse_pool.close()
 
     # --- transaction ownership -----------------------------------------------------------------
 
@@ -87,14 +98,17 @@ class Pipeline:
         """Process one entry; returns what it came to."""
         return self.process_batch([journal_id]).get(journal_id, Outcome.DEFERRED)
 
-    def process_batch(self, journal_ids: Sequence[int]) -> dict[int, Outcome]:
+    def process_batch(self, journal_ids: Sequence[int], *, parse_next: Sequence[int] = ()) -> dict[int, Outcome]:
         """Process entries together, oldest first, in one transaction with a savepoint per entry.
 
         Returns an outcome per entry taken; an id missing from the result was left for a later
         batch (a budget was reached) and is still pending. Each outcome is counted in the metrics.
+        `parse_next` are the entries of the batch to come: the pool parses them meanwhile.
         """
         started = time.perf_counter()
-        outcomes = self._process_batch(journal_ids, deadline=started + self._settings.pipeline_batch_max_seconds)
+        outcomes = self._process_batch(
+            journal_ids, parse_next, deadline=started + self._settings.pipeline_batch_max_seconds
+        )
         worked = [outcome for outcome in outcomes.values() if outcome != Outcome.SKIPPED]
         for outcome in worked:
             PROCESSED.labels(outcome=outcome.value).inc()
@@ -103,13 +117,18 @@ class Pipeline:
                 QUARANTINED.inc()
         return outcomes
 
-    def _process_batch(self, journal_ids: Sequence[int], *, deadline: float) -> dict[int, Outcome]:
+    def _process_batch(
+        self, journal_ids: Sequence[int], parse_next: Sequence[int], *, deadline: float
+    ) -> dict[int, Outcome]:
         outcomes: dict[int, Outcome] = {}
         try:
             entries = self._take(journal_ids, outcomes)
         except OperationalError as error:
             log.warning("journal entries %s deferred, database unavailable: %s", list(journal_ids), error)
             return dict.fromkeys(journal_ids, Outcome.DEFERRED)
+        self.parse_pool.share(entries)  # the pool parses its share of what it does not have yet
+        if parse_next:  # after this batch's share: the pool works first in, first out
+            self.parse_pool.parse_ahead(journal_engine=self._journal, journal_ids=parse_next)
         works: list[Inbound] = []
         left: list[int] = []  # not parsed in time: the rest waits for the next batch
         for entry in entries:
@@ -127,6 +146,9 @@ class Pipeline:
         attempted = {entry.id for entry in entries}
         unfinished = [i for i, o in outcomes.items() if o in (Outcome.DEFERRED, Outcome.SKIPPED) and i in attempted]
         self._undo_attempts(left + unfinished)
+        # Results parsed ahead for entries this batch settled without parsing (done elsewhere,
+        # quarantined as poison) would never be taken.
+        self.parse_pool.forget([i for i in outcomes if i not in attempted])
         return outcomes
 
     def _take(self, journal_ids: Sequence[int], outcomes: dict[int, Outcome]) -> list[JournalEntry]:
@@ -171,7 +193,10 @@ class Pipeline:
         # (a NUL in MAIL FROM must not quarantine the message on PostgreSQL). In memory only.
         entry.meta = storable_value(entry.meta)
         # The envelope sender is the requester's last resort when no header names a usable address.
-        parsed = parse_message(entry.raw, envelope_sender=entry.meta.get("mail_from"), budget=self._parse_budget)
+        # Parsed in the pool if it was handed over in time and its child delivered; else here.
+        parsed = self.parse_pool.take(entry.id or 0) or parse_message(
+            entry.raw, envelope_sender=entry.meta.get("mail_from"), budget=self._parse_budget
+        )
         trust, parsed = self._gate.assess(entry, parsed)
         return self._inbound(entry, parsed, trust)
 

@@ -1,19 +1,28 @@
 """The runner: feeds journaled entries to the pipeline in batches, in order, off the event loop.
 
 Acknowledging is what senders wait for, and the pipeline competes with it for the one
-interpreter: while mail is arriving, processing steps aside, but never lets the oldest waiting
-entry get more than `max_lag` seconds old. Entries the pipeline left for later (a batch budget)
-go back to the front of the line; deferred ones are offered again shortly.
+interpreter. Processing does not wait for mail to stop arriving: it runs all the time, and while
+mail arrives it gives way after each batch for as long as the batch took, so acknowledging keeps
+at least half of the interpreter (parsing, the CPU-heavy step that needs no database, runs in the
+parse pool's processes meanwhile). Once the oldest waiting entry is `max_lag` seconds old it stops
+giving way until it has caught up. Entries the pipeline left for later (a batch budget) go back to
+the front of the line; deferred ones are offered again shortly. The lag (the age of the oldest
+entry not processed yet) is kept, with the largest seen, for /healthz and the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 
 from gateway.pipeline import Pipeline
 from store.states import Outcome
+
+log = logging.getLogger(__name__)
 
 DEFER_SECONDS = 0.5  # how soon a deferred entry is tried again
 
@@ -34,12 +43,14 @@ class PipelineRunner:
         self._batch_size = max(1, batch_size)
         self.arriving = arriving
         self._waiting: deque[int] = deque()  # journal ids, oldest first
-        self._queued: dict[int, float] = {}  # journal id -> loop time it was submitted
+        self._queued: dict[int, float] = {}  # journal id -> time.monotonic() it was submitted
         self._wakeup = asyncio.Event()
         self.processed = 0
+        self.max_lag_seen = 0.0  # seconds, the largest lag seen after a batch
+        self._busy_since: float | None = None  # time.monotonic() the backlog stopped being empty
 
     def submit(self, journal_ids: list[int]) -> None:
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         for journal_id in journal_ids:
             if journal_id not in self._queued:
                 self._queued[journal_id] = now
@@ -47,20 +58,27 @@ class PipelineRunner:
         if self._waiting:
             self._wakeup.set()
 
-    async def _step_aside(self, journal_id: int) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = self._queued.get(journal_id, loop.time()) + self._max_lag
-        while self.arriving() and loop.time() < deadline:
-            await asyncio.sleep(0.005)
+    def lag(self) -> float:
+        """Seconds the oldest entry not processed yet has waited (0 when there is none); any thread."""
+        queued = list(self._queued.values())  # one step under the GIL: /healthz reads it from a thread
+        return max(0.0, time.monotonic() - min(queued)) if queued else 0.0
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             while not self._waiting:
+                self._caught_up(time.monotonic())
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            await self._step_aside(self._waiting[0])
+            if self._busy_since is None:
+                self._busy_since = time.monotonic()
             batch = [self._waiting.popleft() for _ in range(min(self._batch_size, len(self._waiting)))]
-            outcomes = await asyncio.to_thread(self._pipeline.process_batch, batch)
+            # The pool parses the following batch while this one's transaction runs.
+            following = list(islice(self._waiting, self._batch_size))
+            started = time.monotonic()
+            outcomes = await asyncio.to_thread(self._pipeline.process_batch, batch, parse_next=following)
+            took = time.monotonic() - started
+            self.max_lag_seen = max(self.max_lag_seen, self.lag())
             left = [journal_id for journal_id in batch if journal_id not in outcomes]
             self._waiting.extendleft(reversed(left))  # still first in line
             for journal_id, outcome in outcomes.items():
@@ -68,9 +86,22 @@ class PipelineRunner:
                 self.processed += 1
                 if outcome == Outcome.DEFERRED:
                     # Earlier mail of its thread is still in flight, or the database is away.
-                    asyncio.get_running_loop().call_later(DEFER_SECONDS, self.submit, [journal_id])
+                    loop.call_later(DEFER_SECONDS, self.submit, [journal_id])
             if Outcome.DONE in outcomes.values():
                 self._on_done()
+            if self._waiting and self.arriving() and self.lag() < self._max_lag:
+                # Mail is arriving: acknowledging goes first. Giving way as long as the batch took
+                # leaves it at least half of the interpreter, and processing still never stops.
+                await asyncio.sleep(took)
+
+    def _caught_up(self, now: float) -> None:
+        if self._busy_since is not None and self.processed:
+            log.info(
+                "pipeline caught up after %.1f s of backlog; largest lag %.2f s",
+                now - self._busy_since,
+                self.max_lag_seen,
+            )
+        self._busy_since = None
 
     @property
     def backlog(self) -> int:

@@ -159,7 +159,8 @@ class Settings(BaseSettings):
 
     # --- background work -------------------------------------------------------------------------
     journal_replay_seconds: float = 30.0
-    # While mail is arriving, processing steps aside for acknowledging, up to this many seconds.
+    # While mail arrives, processing gives way to acknowledging after each batch (never stops), until
+    # the oldest waiting entry is this many seconds old; then it catches up at full speed.
     pipeline_max_lag_seconds: float = 5.0
     # Journal entries processed in one transaction (each in a savepoint of its own): a commit and the
     # ORM's overhead are shared; 50 keeps the write lock short and one failure cheap to isolate.
@@ -168,6 +169,11 @@ class Settings(BaseSettings):
     pipeline_batch_max_bytes: int = 16 * 1024 * 1024
     # Seconds of parsing after which a batch takes no more entries, so the write lock is never held long.
     pipeline_batch_max_seconds: float = 2.0
+    # Processes that parse journal entries ahead of the pipeline (the step that needs no database):
+    # one core stays with the gateway's own process, the others parse. 0: parse in-process only.
+    pipeline_parse_workers: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 1) - 1))
+    # Entries larger than this are parsed in-process, so big mail never crosses a pipe twice (memory).
+    pipeline_parse_pool_max_entry_bytes: int = 4 * MIB
     imap_mailboxes: list[MailboxSettings] = Field(default_factory=list)
     instance_name: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
 
