@@ -40,9 +40,6 @@ MALFORMED = [
         b"RHppZcWEIGRvYnJ5LCB6ZXBzdXR5IGJhc2U2NA==!!!@@@ nie base64 ***\r\n",
         "Dzień dobry",
         "Zepsuty base64",
-        marks=pytest.mark.xfail(
-            strict=True, reason="parser gap (SPEC §11): junk after base64 padding is dropped without a recorded defect"
-        ),
         id="bad-base64",
     ),
     pytest.param(
@@ -53,10 +50,6 @@ MALFORMED = [
         + "Proszę o fakturę.\r\n".encode(),
         "Proszę o fakturę",
         "Faktura za usługę, źle zakodowany nagłówek",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="parser gap (SPEC §5, §11): an undeclared 8-bit header is guessed right but no defect is recorded",
-        ),
         id="8bit-headers-not-utf8",
     ),
     pytest.param(

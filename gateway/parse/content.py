@@ -14,6 +14,10 @@ from gateway.parse.parts import LINEBREAK_RE, guard, param, raw_payload, transfe
 from gateway.parse.text import unflow
 
 _META_CHARSET_RE = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?([\w.:-]+)""", re.I)
+_B64_SPACE = ("\r", "\n", " ", "\t")  # what base64 bodies carry between their characters
+_STRAY_B64_RE = re.compile(rb"[^A-Za-z0-9+/=\r\n\t ]")
+_B64_RE = re.compile(rb"[A-Za-z0-9+/=\r\n\t ]+")
+_PADDED_CHUNK_RE = re.compile(rb"[^=]+=*")  # one base64 encoding, up to and with its padding
 
 
 def text_of(part: Message, ctype: str, defects: list[str]) -> str:
@@ -52,9 +56,54 @@ def payload_bytes(part: Message, ctype: str, defects: list[str]) -> bytes:
 def decode_base64(data: bytes | str, ctype: str, defects: list[str]) -> bytes:
     try:
         # Non-strict mode skips line breaks and stray characters without copying line by line.
-        return binascii.a2b_base64(data)
+        decoded = binascii.a2b_base64(data)
     except (binascii.Error, ValueError) as exc:
         defects.append(f"{ctype}: damaged base64 ({exc}); decoded best effort")
+        return _decode_damaged(data)
+    if not _all_read(data, decoded):
+        decoded += _account_for_skipped(data, ctype, defects)
+    return decoded
+
+
+def _all_read(data: bytes | str, decoded: bytes) -> bool:
+    """Whether every base64 character was decoded: non-strict mode silently skips stray characters
+    and stops at the padding. A few count() passes, not a regex over a large attachment."""
+    if isinstance(data, str):
+        spaces = sum(data.count(ch) for ch in _B64_SPACE)
+        padding = data.count("=")
+    else:
+        spaces = sum(data.count(ch.encode()) for ch in _B64_SPACE)
+        padding = data.count(b"=")
+    return len(data) - spaces - padding == (4 * len(decoded) + 2) // 3
+
+
+def _account_for_skipped(data: bytes | str, ctype: str, defects: list[str]) -> bytes:
+    """Record what the decoder skipped; base64 behind the padding (encoders that concatenate
+    padded chunks) is decoded on, anything else there is dropped and recorded."""
+    raw = data.encode("ascii", "surrogateescape") if isinstance(data, str) else data
+    pad = raw.find(b"=")
+    head, tail = (raw, b"") if pad < 0 else (raw[:pad], raw[pad:].lstrip(b"= \t\r\n"))
+    stray = len(_STRAY_B64_RE.findall(head))
+    if stray:
+        defects.append(f"{ctype}: {stray} characters outside the base64 alphabet skipped")
+    if not tail:
+        return b""
+    if _B64_RE.fullmatch(tail):
+        defects.append(f"{ctype}: base64 continues after its padding (concatenated encodings); decoded on")
+        return b"".join(_decode_chunk(chunk) for chunk in _PADDED_CHUNK_RE.findall(tail))  # a loop: no recursion
+    junk = len(re.sub(rb"\s", b"", tail))
+    defects.append(f"{ctype}: {junk} characters after the base64 padding are not base64; dropped")
+    return b""
+
+
+def _decode_chunk(chunk: bytes) -> bytes:
+    try:
+        return binascii.a2b_base64(chunk)
+    except (binascii.Error, ValueError):
+        return _decode_damaged(chunk)
+
+
+def _decode_damaged(data: bytes | str) -> bytes:
     if isinstance(data, str):
         data = data.encode("ascii", "surrogateescape")
     alphabet = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
