@@ -11,6 +11,8 @@ from functools import lru_cache
 from charset_normalizer import from_bytes
 from charset_normalizer.md import mess_ratio
 
+from gateway.parse.cyrillic import SHORT_TEXT_BYTES, cyrillic_reading, frequent_double_byte
+
 _POLISH_LETTERS = frozenset("ąćęłńóśźżĄĆĘŁŃÓŚŹŻ")
 # Non-ASCII characters that real Polish (and neighbouring Latin) text is made of besides its letters.
 _LATIN_COMMON = frozenset("–—„”“’‘«»…€§°±×·éèêëüöäßáíúýčďěňřšťžůľĺŕôÉÜÖÄÁÍÚČŠŽ\xa0")
@@ -75,7 +77,10 @@ def decode_bytes(data: bytes, charset: str | None, what: str, defects: list[str]
         if decoded is not None:
             return decoded
         defects.append(f"{what}: bytes do not match declared charset {charset!r}; decoded best effort")
-    return best_effort(data)
+    guessed, text = guess(data)
+    if not data.isascii() and (codec is not None or guessed != "utf-8"):  # a guess (undeclared UTF-8 is sure)
+        defects.append(f"{what}: 8-bit text without a known charset read as {guessed}")
+    return text
 
 
 def _try_decode(data: bytes, codec: str) -> str | None:
@@ -88,29 +93,39 @@ def _try_decode(data: bytes, codec: str) -> str | None:
 def best_effort(data: bytes) -> str:
     """UTF-8 if it is UTF-8; else the Polish single-byte charset that yields more Polish letters,
     when that reads as Polish; else charset-normalizer's guess; else the Polish decode anyway."""
+    return guess(data)[1]
+
+
+def guess(data: bytes) -> tuple[str, str]:
+    """(codec, text) of bytes whose charset nobody declared (or declared wrong): best_effort's
+    reading and the codec it chose, so a caller can record the guess."""
     decoded = _try_decode(data, "utf-8")
     if decoded is not None:
-        return decoded
-    polish = _polish(data)
-    if _reads_as_polish(polish):
-        return polish
+        return "utf-8", decoded
+    codec, polish = _polish(data)
+    # Short text is where the detector fails on KOI8-R and Windows-1251 (see cyrillic.py).
+    cyrillic = cyrillic_reading(data) if len(data) <= SHORT_TEXT_BYTES else None
+    if _reads_as_polish(polish) and not (cyrillic and _polish_score(polish) == 0):
+        return codec, polish  # the customers' charsets first, unless not one Polish letter and Cyrillic fits
     detected = _detect(data)
-    return detected[1] if detected is not None else polish
+    if cyrillic and (detected is None or not frequent_double_byte(*detected)):
+        return cyrillic
+    return detected if detected is not None else (codec, polish)
 
 
 def guess_codec(data: bytes) -> str | None:
-    """The codec undeclared 8-bit bytes are in, or None when UTF-8/Polish fits or nothing is sure."""
-    if _try_decode(data, "utf-8") is not None or _reads_as_polish(_polish(data)):
-        return None
-    detected = _detect(data)
-    return detected[0] if detected is not None else None
+    """The codec undeclared 8-bit header bytes are in (a guess the caller records), or None when
+    there are none."""
+    return guess(data)[0] if data else None
 
 
-def _polish(data: bytes) -> str:
+def _polish(data: bytes) -> tuple[str, str]:
     windows = data.decode("cp1250", errors="replace")
     latin2 = data.decode("iso-8859-2", errors="replace")
     # Scored on a sample: counting letters is a Python loop, and a long text says it early.
-    return latin2 if _polish_score(latin2[:_SCORE_SAMPLE]) > _polish_score(windows[:_SCORE_SAMPLE]) else windows
+    if _polish_score(latin2[:_SCORE_SAMPLE]) > _polish_score(windows[:_SCORE_SAMPLE]):
+        return "iso8859-2", latin2
+    return "cp1250", windows
 
 
 def _reads_as_polish(text: str) -> bool:
