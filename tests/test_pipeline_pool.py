@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -150,9 +149,6 @@ async def test_the_children_stop_with_the_components(components: Components):
         except FileNotFoundError:
             return True
 
-    deadline = time.monotonic() + 30
-    while not all(gone(pid) for pid in children):
-        assert time.monotonic() < deadline, "the pool's children outlived the components"
-        time.sleep(0.05)
+    wait_until(lambda: all(gone(pid) for pid in children), 30, "the pool's children to stop with the components")
     # Entries are still processed after the pool is gone: in-process, as with 0 workers.
     assert components.pipeline.process_batch(ids) == dict.fromkeys(ids, Outcome.DONE)
