@@ -590,11 +590,9 @@ async def test_the_list_is_newest_first_and_paginated(client, settings, gateway)
 
 async def test_the_list_stays_fast_with_a_hundred_thousand_cases(client, settings, gateway):
     _bulk_cases(gateway, account="A", count=100_000)
-    started = time.perf_counter()
+    # How fast is bench/panel_list.py's question; here: right answer, and the plan uses the index.
     page = await _list(client, admin(settings), page=2)
-    elapsed = time.perf_counter() - started
     assert page["total"] == 100_000 and len(page["items"]) == 25
-    assert elapsed < 1.0, f"the list took {elapsed:.2f} s"
     assert gateway.components is not None
     if gateway.components.engine.dialect.name == "sqlite":
         with gateway.components.engine.connect() as connection:

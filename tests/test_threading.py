@@ -61,15 +61,15 @@ async def test_reply_by_mangled_subject_tag_lands_in_the_same_case(gateway, sett
 
 
 async def test_signed_reply_address_threads_without_any_other_clue(gateway, settings):
-    _case, ack = await _open_case(gateway, settings, sender=CUSTOMER)
+    case, ack = await _open_case(gateway, settings, sender=CUSTOMER)
     reply_address = ack["Reply-To"].addresses[0].addr_spec
-    await send(
-        settings,
-        make_mail(sender=CUSTOMER, to=reply_address, subject="całkiem nowy temat"),
-        recipients=[reply_address],
-    )
+    reply = make_mail(sender=CUSTOMER, to=reply_address, subject="całkiem nowy temat")
+    await send(settings, reply, recipients=[reply_address])
     await settle(gateway)
-    assert len(all_cases(gateway)) == 1
+    # One case, and the reply is in it (a dropped reply would also leave one case).
+    [only] = all_cases(gateway)
+    assert only["number"] == case["number"]
+    assert str(reply["Message-ID"]).strip("<>") in [m["message_id"] for m in only["messages"]]
 
 
 async def test_a_token_cannot_be_used_by_someone_else(gateway, settings):
@@ -114,9 +114,12 @@ async def test_a_participant_on_cc_may_write_into_the_case(gateway, settings):
     await send(settings, authenticated(first))  # only authenticated mail makes its Cc participants
     await settle(gateway)
     [case] = all_cases(gateway)
-    await send(settings, make_mail(sender=colleague, subject=f"Re: [#{case['number']}] Wspólna sprawa"))
+    follow_up = make_mail(sender=colleague, subject=f"Re: [#{case['number']}] Wspólna sprawa")
+    await send(settings, follow_up)
     await settle(gateway)
-    assert len(all_cases(gateway)) == 1
+    [only] = all_cases(gateway)
+    assert only["number"] == case["number"]
+    assert str(follow_up["Message-ID"]).strip("<>") in [m["message_id"] for m in only["messages"]]
 
 
 async def test_staff_may_write_into_any_case_as_an_internal_note(gateway, settings):
