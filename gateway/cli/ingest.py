@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from gateway.settings import Settings
+from store.states import Outcome
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -69,19 +70,25 @@ async def _ingest_batch(
     # Journaling the batch concurrently shares one commit among its messages (group commit).
     receipts = await asyncio.gather(*(intake.accept(raw, source="file", meta=meta) for _, raw in batch))
     labels = {receipt.journal_id: label for (label, _), receipt in zip(batch, receipts, strict=True)}
-    # Processing them together shares a transaction (a savepoint each); entries a batch budget left
-    # for later come back in the next round, in order. A round that takes nothing goes one by one.
+    # Processing them together shares a transaction (a savepoint each). Entries a batch budget left,
+    # and entries deferred because earlier mail of their thread was still pending, come back in the
+    # next round, in order; a round that settles nothing ends it (they stay pending for `serve`).
     pending = list(labels)
     while pending:
         done = await asyncio.to_thread(components.pipeline.process_batch, pending)
-        if not done:
-            done = {pending[0]: await asyncio.to_thread(components.pipeline.process, pending[0])}
-        for journal_id, outcome in done.items():
+        settled = {journal_id: outcome for journal_id, outcome in done.items() if outcome != Outcome.DEFERRED}
+        if not settled:
+            for journal_id in pending:
+                outcomes[str(Outcome.DEFERRED)] += 1
+                print(f"deferred: {labels[journal_id]} (journal entry {journal_id})", file=sys.stderr)
+                advance()
+            return
+        for journal_id, outcome in settled.items():
             outcomes[str(outcome)] += 1
-            if outcome == "quarantined":
+            if outcome == Outcome.QUARANTINED:
                 print(f"quarantined: {labels[journal_id]} (journal entry {journal_id})", file=sys.stderr)
             advance()
-        pending = [journal_id for journal_id in pending if journal_id not in done]
+        pending = [journal_id for journal_id in pending if journal_id not in settled]
 
 
 class _progress:
