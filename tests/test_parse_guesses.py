@@ -146,3 +146,16 @@ def test_unparseable_message_without_envelope_sender_has_no_requester() -> None:
     if not parsed.defects[0].startswith("message not parseable"):
         pytest.skip("this Python parses the message: the last resort is not reached by this input")
     assert (parsed.from_address, parsed.requester_source) == ("", "")
+
+
+def test_undeclared_8bit_file_name_in_a_part_is_read_and_recorded() -> None:
+    raw = message(
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n',
+        b"--b\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nFaktura w zalaczniku.\r\n"
+        b"--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="' + "Faktura_świąteczna.pdf".encode("iso-8859-2") + b'"\r\n'
+        b"\r\nJVBERi0xLjQK\r\n--b--\r\n",
+    )
+    parsed = parse_message(raw)
+    assert [a.filename for a in parsed.attachments] == ["Faktura_świąteczna.pdf"]
+    assert parsed.defects == ("application/pdf: 8-bit header text without a declared charset read as iso8859-2",)

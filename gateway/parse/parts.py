@@ -12,7 +12,7 @@ from email.message import Message
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from gateway.parse.charsets import best_effort
+from gateway.parse.charsets import guess
 
 POLICY = email_policy.default
 _T = TypeVar("_T")
@@ -161,13 +161,24 @@ def repair_8bit(value: str) -> str:
         return value
     except UnicodeEncodeError:
         data = value.encode("utf-8", "surrogateescape")
+    return _read_8bit(data)[1]
+
+
+def _read_8bit(data: bytes) -> tuple[str, str]:
+    """(codec, text): RFC 6532 UTF-8 first (it is never accidental), then the message's guess."""
     codec = _HEADER_CODEC.get()
-    for candidate in ("utf-8", codec) if codec else ():  # RFC 6532 UTF-8 first: it is never accidental
+    for candidate in ("utf-8", codec) if codec else ():
         try:
-            return data.decode(candidate)
+            return candidate, data.decode(candidate)
         except UnicodeDecodeError:
             pass
-    return best_effort(data)
+    return guess(data)
+
+
+def eight_bit_guess(part: Message) -> str | None:
+    """The codec a part's undeclared non-UTF-8 header text is read as (to be recorded), or None."""
+    sample = eight_bit_sample(raw_items(part))
+    return _read_8bit(sample)[0] if sample else None
 
 
 def eight_bit_sample(items: list[tuple[str, str]]) -> bytes:

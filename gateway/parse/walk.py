@@ -17,6 +17,7 @@ from gateway.parse.parts import (
     content_id,
     declared_filename,
     defect_text,
+    eight_bit_guess,
     guard,
     has_content,
     param,
@@ -173,6 +174,8 @@ class MimeTree:
             label = "message" if part is self.msg or part is root else self.content_type(part)
             for defect in part_defects(part):
                 self.defects.append(f"{label}: {defect_text(defect)}")
+            if part is not self.msg and (codec := eight_bit_guess(part)):  # the message's own: parser.py
+                self.defects.append(f"{label}: 8-bit header text without a declared charset read as {codec}")
             if self.kind(part) == "multipart":
                 stack.extend(reversed(self.children(part)))
         if root is not self.msg:
