@@ -39,7 +39,10 @@ class HttpDeps:
 def _add_health(app: FastAPI, health: Callable[[], tuple[bool, dict[str, Any]]]) -> None:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
-        ready, body = await asyncio.to_thread(health)
+        try:
+            ready, body = await asyncio.to_thread(health)
+        except Exception as error:  # a health check answers "not ready", never a 500
+            return JSONResponse({"status": "unavailable", "error": f"{type(error).__name__}: {error}"}, 503)
         return JSONResponse(body, status_code=200 if ready else 503)
 
 
