@@ -29,7 +29,7 @@ from gateway.runner import PipelineRunner
 from gateway.settings import Settings
 from store import db
 from store.blobs import BlobStore, make_blob_store
-from store.secrets import get_or_create_secret
+from store.secrets import get_or_create_secret, get_or_set_value
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -62,6 +62,8 @@ class Components:
             db.upgrade(engine)
             if journal_engine is not engine:
                 db.upgrade(journal_engine)
+        if journal_engine is not engine:
+            _check_journal_pairing(engine, journal_engine, settings)
         with db.transaction(engine) as session:
             signing_secret = settings.signing_secret or get_or_create_secret(session=session, key="signing_secret")
             panel_secret = settings.panel_secret or get_or_create_secret(session=session, key="panel_secret")
@@ -92,6 +94,29 @@ class Components:
         self.pipeline.close()  # stops the parse pool's child processes
         self.engine.dispose()
         self.journal_engine.dispose()
+
+
+class JournalMismatch(RuntimeError):
+    """The SQLite database was used with another journal (another data directory)."""
+
+
+def _check_journal_pairing(engine: Engine, journal_engine: Engine, settings: Settings) -> None:
+    """With SQLite the journal is a file in the data directory and processed entries are known by
+    journal id alone, so a database paired with another journal would take new entries for old
+    ones and mark them done unstored. Each journal gets an identity; the database keeps the first
+    one it met and refuses any other (a second instance with its own data directory, a data
+    directory replaced under an existing database). Several instances need PostgreSQL."""
+    with db.transaction(journal_engine) as session:
+        identity = get_or_create_secret(session=session, key="journal_identity")
+    with db.transaction(engine) as session:
+        paired = get_or_set_value(session=session, key="sqlite_journal_identity", value=identity)
+    if paired != identity:
+        raise JournalMismatch(
+            f"the database {settings.database_url} belongs to another journal than "
+            f"{settings.data_dir / 'journal.db'}: with SQLite, one gateway uses one database and one data "
+            "directory (several instances need PostgreSQL). If the data directory was replaced on purpose "
+            "and its journal is gone, delete the key_value row 'sqlite_journal_identity' to pair them anew."
+        )
 
 
 class Gateway:

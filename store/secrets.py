@@ -23,3 +23,18 @@ def get_or_create_secret(*, session: Session, key: str) -> str:
     stored = session.get(KeyValue, key)
     assert stored is not None
     return stored.value
+
+
+def get_or_set_value(*, session: Session, key: str, value: str) -> str:
+    """The stored value of `key`, storing `value` the first time (first writer wins)."""
+    found = session.get(KeyValue, key)
+    if found is not None:
+        return found.value
+    try:
+        with session.begin_nested():
+            session.add(KeyValue(key=key, value=value))
+    except IntegrityError:
+        pass  # another process stored its own at the same moment
+    stored = session.get(KeyValue, key)
+    assert stored is not None
+    return stored.value
