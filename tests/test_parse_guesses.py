@@ -87,7 +87,7 @@ def test_undeclared_8bit_body_guess_is_recorded() -> None:
 
 # -- short Cyrillic text -------------------------------------------------------------------------
 
-RUSSIAN = ["Привет", "Вопрос", "Договор", "Не работает почта", "Заказ 123", "Счёт", "Срочно", "нет"]
+RUSSIAN = ["Привет", "Вопрос", "Договор", "Не работает почта", "Заказ 123", "Счёт", "Срочно", "нет", "Спасибо!"]
 
 
 @pytest.mark.parametrize("codec", ["koi8-r", "cp1251"])
@@ -98,6 +98,14 @@ def test_short_undeclared_cyrillic_subject_is_not_read_as_cjk(codec: str, text: 
     parsed = parse_message(raw)
     assert parsed.subject == text
     assert parsed.defects == (f"8-bit header text without a declared charset read as {codec}",)
+
+
+@pytest.mark.parametrize("codec", ["iso-8859-2", "cp1250"])
+@pytest.mark.parametrize("text", ["Żółć", "żółć", "ŻÓŁĆ", "Łódź", "gęś", "Śląsk", "już", "są", "Re: źle", "ósmy"])
+def test_short_undeclared_polish_subject_stays_polish(codec: str, text: str) -> None:
+    # The customers' charsets come first: a short Polish word must not turn Cyrillic.
+    raw = message(b"Subject: " + text.encode(codec) + b"\r\n", b"Hello\r\n")
+    assert parse_message(raw).subject == text
 
 
 def test_short_undeclared_koi8r_body() -> None:

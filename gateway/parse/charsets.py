@@ -105,8 +105,10 @@ def guess(data: bytes) -> tuple[str, str]:
     codec, polish = _polish(data)
     # Short text is where the detector fails on KOI8-R and Windows-1251 (see cyrillic.py).
     cyrillic = cyrillic_reading(data) if len(data) <= SHORT_TEXT_BYTES else None
-    if _reads_as_polish(polish) and not (cyrillic and _polish_score(polish) == 0):
-        return codec, polish  # the customers' charsets first, unless not one Polish letter and Cyrillic fits
+    if _reads_as_polish(polish) and not cyrillic:
+        # The customers' charsets first. A plausible Cyrillic reading overrides them: it needs every
+        # word with an 8-bit byte to be all 8-bit, and a Polish word has ASCII letters beside its ą, ż.
+        return codec, polish
     detected = _detect(data)
     if cyrillic and (detected is None or not frequent_double_byte(*detected)):
         return cyrillic

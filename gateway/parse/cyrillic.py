@@ -82,6 +82,5 @@ def _plausible(text: str) -> bool:
         return False
     letters = sum(len(run) for run in runs)
     vowels = sum(1 for run in runs for ch in run if ch in _VOWELS)
-    if letters == 1:
-        return True  # one letter (a preposition: "в", "с") says nothing either way
-    return _MIN_VOWELS <= vowels / letters <= _MAX_VOWELS
+    # One letter says nothing either way (and no Polish reading should yield to it).
+    return letters >= 2 and _MIN_VOWELS <= vowels / letters <= _MAX_VOWELS
