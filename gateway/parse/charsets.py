@@ -1,6 +1,7 @@
 """Text from bytes in whatever charset a mail claims: the label mapped to a codec, a lying or
-unknown label degraded to a best effort: UTF-8, else the Polish single-byte charset that fits when
-the result reads as Polish, else what charset-normalizer detects (GB2312, KOI8-R, Shift_JIS...).
+unknown label degraded to a best effort: UTF-8, else (for short text) a plausible KOI8-R or
+Windows-1251 reading, else the Polish single-byte charset that fits when the result reads as Polish,
+else what charset-normalizer detects (GB2312, KOI8-R, Shift_JIS...). Callers record each guess.
 """
 
 from __future__ import annotations
@@ -91,8 +92,10 @@ def _try_decode(data: bytes, codec: str) -> str | None:
 
 
 def best_effort(data: bytes) -> str:
-    """UTF-8 if it is UTF-8; else the Polish single-byte charset that yields more Polish letters,
-    when that reads as Polish; else charset-normalizer's guess; else the Polish decode anyway."""
+    """UTF-8 if it is UTF-8; else, for short text, a plausible single-byte Cyrillic reading; else
+    the Polish single-byte charset that yields more Polish letters, when that reads as Polish; else
+    charset-normalizer's guess (a short Cyrillic reading beats an implausible double-byte one); else
+    the Polish decode anyway."""
     return guess(data)[1]
 
 
