@@ -16,7 +16,15 @@ from sqlalchemy import create_engine, text
 
 from gateway.app import Gateway
 from gateway.settings import Settings, load_settings
-from tests.helpers import BACKEND, PG_SERVER_URL, STAFF, STAFF_QUEUE, SUPPORT, TRUSTED_AUTHSERV_ID
+from tests.helpers import (
+    BACKEND,
+    PG_SERVER_URL,
+    STAFF,
+    STAFF_QUEUE,
+    SUPPORT,
+    TRUSTED_AUTHSERV_ID,
+    throwaway_pg_database,
+)
 
 # Sender trust: no gateway the tests start (in process or as `gateway serve`/`ingest` children, which
 # inherit this) asks this machine's resolver; tests/test_trust*.py turn checks on with their own DNS server.
@@ -87,14 +95,8 @@ def database_url(tmp_path: Path) -> Iterator[str]:
     if BACKEND != "postgresql":
         yield f"sqlite:///{tmp_path / 'gateway.db'}"
         return
-    name = f"gw_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_SERVER_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_pg_database("gw_test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -6,10 +6,13 @@ Fixtures live in conftest.py; everything here is a plain function or constant, i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import os
 import re
 import socket
+import uuid
+from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-from sqlalchemy import func
+from sqlalchemy import create_engine, func, text
 from sqlmodel import col, select
 
 from gateway.app import Gateway
@@ -179,3 +182,19 @@ def _delivery_order(path: Path) -> int:
     row = re.match(r"outbox-(\d+)\.", path.name)
     assert row is not None, f"not a file the maildir relay writes: {path.name}"
     return int(row.group(1))
+
+
+@contextlib.contextmanager
+def throwaway_pg_database(prefix: str = "gw_test") -> Iterator[str]:
+    """A fresh database on the test PostgreSQL server, dropped afterwards. No server is an error,
+    never a skip: `make test` installs and starts PostgreSQL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        yield PG_SERVER_URL.rsplit("/", 1)[0] + f"/{name}"
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

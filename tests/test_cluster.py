@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +17,12 @@ from pathlib import Path
 import aiosmtplib
 import httpx
 import pytest
-from sqlalchemy import create_engine, func, text
+from sqlalchemy import func
 from sqlmodel import col, select
 
 from store.db import make_engine, reading
 from store.models import Case, JournalEntry, Message, OutboxItem
-from tests.helpers import PG_SERVER_URL, make_mail
+from tests.helpers import make_mail, throwaway_pg_database
 from tests.servers.dovecot import make_dovecot_fixture
 from tests.servers.relay_sink import RelaySink
 from tests.servers.serve import serve_env, start_serve, wait_until
@@ -38,14 +37,8 @@ PER_CONVERSATION = 5  # one new case and four follow-ups
 def pg_url() -> Iterator[str]:
     """A fresh database on the test PostgreSQL server. No server is an error, never a skip: make test
     installs and starts PostgreSQL, and a cluster test that cannot run must not read as passed."""
-    name = f"gw_cluster_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_SERVER_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_pg_database("gw_cluster") as url:
+        yield url
 
 
 def _instance_env(tmp_path: Path, pg_url: str, relay_url: str, name: str, mailbox: str | None) -> dict[str, str]:

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, text
 
 from gateway.app import Gateway
 from gateway.intake import Intake
 from gateway.settings import Settings
-from tests.helpers import PG_SERVER_URL, make_mail, send, sent_mail, settle
+from tests.helpers import make_mail, send, sent_mail, settle, throwaway_pg_database
 from tests.servers.serve import Served, serve_env, start_serve, wait_until
 from tests.test_panel_api import bearer, new_message, put_directory, token
 
@@ -143,14 +141,8 @@ async def test_the_gauges_read_the_backlog_and_the_outbox_queue_from_the_databas
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A fresh database on the test PostgreSQL server; no server is an error, never a skip."""
-    name = f"gw_metrics_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_SERVER_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_pg_database("gw_metrics") as url:
+        yield url
 
 
 @pytest.fixture
