@@ -6,8 +6,9 @@ entries of the next one to a small `ProcessPoolExecutor`, and the pipeline picks
 when it reaches them. Whatever the pool does not deliver (an entry never handed over, one too big
 to ship, a child that died or hung) the pipeline parses in-process as before, so the pool can only
 save time, never lose an entry; a dead child is not the gateway dying, so it is not an attempt that
-counts towards quarantining the entry. Children are started with 'forkserver' (or 'spawn'): they
-must not inherit the event loop, the listening sockets or the database engines.
+counts towards quarantining the entry. Children are started with 'spawn': they must not inherit
+the event loop, the listening sockets or the database engines, and they are the gateway's own
+children, so each can see its gateway die (kill -9 runs no shutdown code) and follow it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHUNK_ENTRIES = 8  # entries per task: a 2 KB message parses in ~1 ms, about what shipping one costs
+PARENT_CHECK_SECONDS = 0.5  # how soon a child notices that its gateway died
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,18 @@ class ParseJob:
     journal_id: int
     raw: bytes
     envelope_sender: str | None
+
+
+def _follow_parent(parent_pid: int) -> None:
+    """Runs first in each pool child: exit when the gateway is gone. A child waiting for work
+    holds its own end of the task queue, so nothing else would ever tell it (orphans forever)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
 
 
 def _parse_chunk(budget: ParseBudget, jobs: list[ParseJob]) -> list[ParsedMessage]:
@@ -192,9 +206,12 @@ class ParsePool:
 
     def _executor_locked(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-            self._executor = ProcessPoolExecutor(max_workers=self._workers, mp_context=context)
+            self._executor = ProcessPoolExecutor(
+                max_workers=self._workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_follow_parent,
+                initargs=(os.getpid(),),
+            )
         return self._executor
 
     def _lost_locked(self, reason: str, *, kill: bool = False) -> None:
