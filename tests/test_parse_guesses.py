@@ -8,7 +8,7 @@ import base64
 
 import pytest
 
-from gateway.parse import parse_message
+from gateway.parse import ParsedMessage, parse_message
 
 
 def message(headers: bytes, body: bytes) -> bytes:
@@ -134,26 +134,43 @@ def test_short_cjk_the_detector_reads_right_stays_cjk(text: str, codec: str) -> 
 # value (email._header_value_parser.get_parameter, Python 3.11); the feed parser reads Content-Type
 # while splitting the message, so the whole parse fails and only the last resort is left.
 UNPARSEABLE = (
-    b"From: Jan Nowak <jan.nowak@example.pl>\r\nSubject: Faktura\r\nContent-Type: ;filename*\r\n"
-    b"\r\nProsze o fakture.\r\n"
+    b"From: Jan Nowak <jan.nowak@example.pl>\r\nSubject: =?utf-8?q?Faktura_za_us=C5=82ug=C4=99?=\r\n"
+    b"Message-ID: <salvage@example.pl>\r\nIn-Reply-To: <parent@example.test>\r\n"
+    b"Content-Type: ;filename*\r\n\r\nProsze o fakture.\r\n"
 )
 
 
-def test_unparseable_message_keeps_its_text_and_the_envelope_sender() -> None:
-    parsed = parse_message(UNPARSEABLE, envelope_sender="Jan.Nowak@Example.PL")
+def last_resort(raw: bytes, envelope_sender: str | None) -> ParsedMessage:
+    parsed = parse_message(raw, envelope_sender=envelope_sender)
     if not parsed.defects[0].startswith("message not parseable"):
         pytest.skip("this Python parses the message: the last resort is not reached by this input")
-    assert parsed.defects == ("message not parseable: IndexError: string index out of range",)
+    return parsed
+
+
+def test_unparseable_message_keeps_its_text_and_its_header_fields() -> None:
+    parsed = last_resort(UNPARSEABLE, "bounces@example.pl")
+    assert parsed.defects[0] == "message not parseable: IndexError: string index out of range"
+    assert (parsed.from_address, parsed.from_name, parsed.requester_source) == (
+        "jan.nowak@example.pl",
+        "Jan Nowak",
+        "from",
+    )
+    assert parsed.subject == "Faktura za usługę"
+    assert (parsed.message_id, parsed.in_reply_to) == ("salvage@example.pl", ("parent@example.test",))
+    assert "Prosze o fakture." in parsed.text and "Content-Type: ;filename*" in parsed.text
+
+
+def test_unparseable_message_without_a_usable_from_is_the_envelope_senders() -> None:
+    raw = UNPARSEABLE.replace(b"Jan Nowak <jan.nowak@example.pl>", b"Serwis <>")
+    parsed = last_resort(raw, "Jan.Nowak@Example.PL")
     assert (parsed.from_address, parsed.requester_source) == ("jan.nowak@example.pl", "envelope")
-    assert "Prosze o fakture." in parsed.text and "Subject: Faktura" in parsed.text
-    assert parsed.message_id_synthesised and parsed.message_id
+    assert parsed.subject == "Faktura za usługę"
 
 
-def test_unparseable_message_without_envelope_sender_has_no_requester() -> None:
-    parsed = parse_message(UNPARSEABLE)
-    if not parsed.defects[0].startswith("message not parseable"):
-        pytest.skip("this Python parses the message: the last resort is not reached by this input")
+def test_unparseable_message_without_any_sender_has_no_requester() -> None:
+    parsed = last_resort(UNPARSEABLE.replace(b"Jan Nowak <jan.nowak@example.pl>", b"Serwis <>"), None)
     assert (parsed.from_address, parsed.requester_source) == ("", "")
+    assert "requester: no usable sender address anywhere" in parsed.defects
 
 
 def test_undeclared_8bit_file_name_in_a_part_is_read_and_recorded() -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from email.errors import MissingHeaderBodySeparatorDefect
 from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 
 import gateway.parse.headers as hdr
 from gateway.parse.attachments import Collector
@@ -28,6 +30,7 @@ from gateway.parse.walk import MimeTree
 _UTF8_BOM = b"\xef\xbb\xbf"
 _FIELD_LINE_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 _MAX_LEADING_LINES = 3  # lines of text before the header block we look past
+_SALVAGE_BYTES = 256 * 1024  # of a message the parser failed on, where its header fields are read
 _KEY_FIELDS = frozenset({b"from", b"subject", b"date", b"to", b"message-id", b"received", b"return-path"})
 
 
@@ -191,33 +194,52 @@ def _repair_header_block(data: bytes) -> bytes | None:
 
 
 def _unparseable(raw: bytes, reason: str, envelope_sender: str | None) -> ParsedMessage:
-    """The bytes as text, and the envelope sender as the requester: someone can still be answered.
+    """The bytes as text, the header fields that can still be read (read as the email package's
+    compat32 policy reads them, which does not parse Content-Type), and the requester chain down to
+    the envelope sender: someone can still be answered, in the right thread.
 
     Reached when the email package itself raises: Python 3.11's header parser fails with IndexError
     on a parameter name ending in "*" with no value ("Content-Type: ;filename*"), which the feed
     parser reads while splitting the message (tests/test_parse_guesses.py, test_parse_smtp.py).
     Mutating the shared corpus (28 000 variants) found no other way in."""
+    defects = [reason]
     text = storable_text(LINEBREAK_RE.sub("\n", best_effort(raw)))
-    sender = storable_text(hdr.usable_address(hdr.clean_address(envelope_sender or ""), "envelope sender", []))
-    return ParsedMessage(
-        message_id=hdr.synthesised_id(raw),
-        in_reply_to=(),
-        references=(),
-        subject="",
-        from_address=sender,
-        from_name="",
-        from_header="",
-        to=(),
-        cc=(),
-        reply_to=(),
-        to_header="",
-        cc_header="",
-        date=None,
+    headers = _salvaged_headers(raw, defects)
+    author = hdr.requester(headers, envelope_sender, defects)
+    subject = hdr.first_text(headers, "subject")
+    message_id, synthesised = hdr.message_id(headers, raw, defects)
+    parsed = ParsedMessage(
+        message_id=message_id,
+        in_reply_to=tuple(hdr.ids(hdr.joined(headers, "in-reply-to"))),
+        references=tuple(hdr.ids(hdr.joined(headers, "references"))),
+        subject=subject,
+        from_address=author.address,
+        from_name=author.name,
+        from_header=hdr.first_text(headers, "from"),
+        to=tuple(a for _, a in hdr.addresses(hdr.every(headers, "to")) if a),
+        cc=tuple(a for _, a in hdr.addresses(hdr.every(headers, "cc")) if a),
+        reply_to=tuple(a for _, a in hdr.addresses(hdr.every(headers, "reply-to")) if a),
+        to_header=", ".join(h.text for h in hdr.every(headers, "to")),
+        cc_header=", ".join(h.text for h in hdr.every(headers, "cc")),
+        date=hdr.date(headers, defects),
         text=text,
         html=None,
         attachments=(),
-        defects=(storable_text(reason),),
-        message_id_synthesised=True,
-        content_digest=content_digest(sender=sender, subject="", text=text, html=None, attachments=()),
-        requester_source="envelope" if sender else "",
+        headers=tuple((h.name, h.text) for h in headers),
+        defects=tuple(dict.fromkeys(defects)),
+        message_id_synthesised=synthesised,
+        content_digest=content_digest(sender=author.address, subject=subject, text=text, html=None, attachments=()),
+        requester_source=author.source,
     )
+    return storable(parsed, max_defects=DEFAULT_BUDGET.max_defects)
+
+
+def _salvaged_headers(raw: bytes, defects: list[str]) -> list[hdr.Header]:
+    """The top header block read field by field (at most _SALVAGE_BYTES of it), or none."""
+    try:
+        head = BytesHeaderParser(policy=compat32).parsebytes(raw[:_SALVAGE_BYTES], headersonly=True)
+        with header_codec(guess_codec(eight_bit_sample(raw_items(head)))):
+            return hdr.read_headers(head, defects)
+    except Exception as exc:  # the last resort must not fail: then only the envelope sender is left
+        defects.append(f"header fields not readable either: {type(exc).__name__}: {exc}")
+        return []
