@@ -46,7 +46,7 @@ def parse_message(
     try:
         source, fed, repairs = _parse_tree(raw, budget, deadline)
     except Exception as exc:  # the parser is lenient, but nothing may escape from here
-        return _unparseable(raw, f"message not parseable: {type(exc).__name__}: {exc}", envelope_sender)
+        return _unparseable(raw, f"message not parseable: {type(exc).__name__}: {exc}", envelope_sender, budget)
     try:
         codec = guess_codec(eight_bit_sample(raw_items(fed.msg)))
         if codec is not None:
@@ -54,7 +54,7 @@ def parse_message(
         with header_codec(codec):
             parsed = _read(raw, source, fed, repairs, envelope_sender, budget, deadline)
     except Exception as exc:  # a bug or an edge nobody foresaw: keep the bytes readable, record why
-        return _unparseable(raw, f"parser failed: {type(exc).__name__}: {exc}", envelope_sender)
+        return _unparseable(raw, f"parser failed: {type(exc).__name__}: {exc}", envelope_sender, budget)
     return storable(parsed, max_defects=budget.max_defects)
 
 
@@ -193,7 +193,7 @@ def _repair_header_block(data: bytes) -> bytes | None:
     return b"\n".join(out) + data[head_end:]
 
 
-def _unparseable(raw: bytes, reason: str, envelope_sender: str | None) -> ParsedMessage:
+def _unparseable(raw: bytes, reason: str, envelope_sender: str | None, budget: ParseBudget) -> ParsedMessage:
     """The bytes as text, the header fields that can still be read (read as the email package's
     compat32 policy reads them, which does not parse Content-Type), and the requester chain down to
     the envelope sender: someone can still be answered, in the right thread.
@@ -231,7 +231,7 @@ def _unparseable(raw: bytes, reason: str, envelope_sender: str | None) -> Parsed
         content_digest=content_digest(sender=author.address, subject=subject, text=text, html=None, attachments=()),
         requester_source=author.source,
     )
-    return storable(parsed, max_defects=DEFAULT_BUDGET.max_defects)
+    return storable(parsed, max_defects=budget.max_defects)
 
 
 def _salvaged_headers(raw: bytes, defects: list[str]) -> list[hdr.Header]:
