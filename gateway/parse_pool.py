@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_ENTRIES = 8  # entries per task: a 2 KB message parses in ~1 ms, about what shipping one costs
 PARENT_CHECK_SECONDS = 0.5  # how soon a child notices that its gateway died
+CHILD_NICENESS = 10  # added to a child's nice value: the CPU goes to acknowledging first
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,12 @@ class ParseJob:
     envelope_sender: str | None
 
 
-def _follow_parent(parent_pid: int) -> None:
-    """Runs first in each pool child: exit when the gateway is gone. A child waiting for work
-    holds its own end of the task queue, so nothing else would ever tell it (orphans forever)."""
+def _start_child(parent_pid: int) -> None:
+    """Runs first in each pool child. Parsing ahead is worth less than an acknowledgement: on a
+    busy machine the scheduler should prefer the gateway's own process (and the senders), so the
+    child runs at a lower priority. And it exits when the gateway is gone: a child waiting for
+    work holds its own end of the task queue, so nothing else would ever tell it (orphans forever)."""
+    os.nice(CHILD_NICENESS)
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -57,6 +61,10 @@ def _follow_parent(parent_pid: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+
+
+def _ready() -> bool:
+    return True
 
 
 def _parse_chunk(budget: ParseBudget, jobs: list[ParseJob]) -> list[ParsedMessage]:
@@ -132,6 +140,20 @@ class ParsePool:
 
         # The same envelope sender the pipeline passes in-process: MAIL FROM of the cleaned meta.
         return ParseJob(entry.id or 0, entry.raw, storable_value(entry.meta).get("mail_from"))
+
+    def start(self) -> None:
+        """Start the children now and wait until they can take work (a child starts a new
+        interpreter: better at start-up than in the middle of the first burst of mail)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            executor = self._executor_locked()
+            ready = [executor.submit(_ready) for _ in range(self._workers)]
+        try:
+            for future in ready:
+                future.result(timeout=60)
+        except Exception as error:  # the pool is an optimisation: entries are parsed in-process
+            log.warning("parse pool did not start: %s", error)
 
     def in_flight(self) -> set[int]:
         with self._lock:
@@ -209,7 +231,7 @@ class ParsePool:
             self._executor = ProcessPoolExecutor(
                 max_workers=self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_follow_parent,
+                initializer=_start_child,
                 initargs=(os.getpid(),),
             )
         return self._executor
