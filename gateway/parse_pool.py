@@ -88,7 +88,8 @@ class ParsePool:
         # with anything but the real monotonic clock every entry is parsed in-process.
         self.enabled = workers > 0 and budget.clock is time.monotonic
         self._executor: ProcessPoolExecutor | None = None
-        self._ahead: dict[int, tuple[Future[list[ParsedMessage]], int]] = {}  # id -> (chunk, index)
+        # journal id -> (its chunk's future, its index in the chunk, time.monotonic() at submission)
+        self._ahead: dict[int, tuple[Future[list[ParsedMessage]], int, float]] = {}
         self._lock = threading.Lock()
         self._closed = False
         self.crashes = 0  # pools lost to a child that died or hung (each one's entries parsed in-process)
@@ -173,8 +174,9 @@ class ParsePool:
                 except (BrokenProcessPool, RuntimeError) as error:  # broken, or shut down under us
                     self._lost_locked(f"submit failed: {error}")
                     return
+                now = time.monotonic()
                 for index, job in enumerate(chunk):
-                    self._ahead[job.journal_id] = (future, index)
+                    self._ahead[job.journal_id] = (future, index, now)
 
     def take(self, journal_id: int) -> ParsedMessage | None:
         """The entry's parsed message if it was submitted and its child delivered; None: parse it here."""
@@ -182,21 +184,24 @@ class ParsePool:
             held = self._ahead.pop(journal_id, None)
         if held is None:
             return None
-        future, index = held
-        # A child gets the same time budget as in-process parsing, plus room to start and ship.
-        wait = self._budget.max_processing_seconds * 1.5 + 10
+        future, index, submitted = held
+        if not future.done():
+            # Never wait for a child: one that has not got this far (a busy machine starves it on
+            # purpose, see CHILD_NICENESS) is overtaken by parsing here, so the pool never costs
+            # the pipeline time. A child busy far beyond the parse budget is stuck: it is replaced.
+            future.cancel()
+            if time.monotonic() - submitted > self._budget.max_processing_seconds * 1.5 + 10:
+                with self._lock:
+                    self._lost_locked(f"no result for journal entry {journal_id} in time", kill=True)
+            return None
         try:
-            result = future.result(timeout=wait)[index]
+            result = future.result(timeout=0)[index]
         except BrokenProcessPool as error:
             with self._lock:
                 # The future may come from a pool already replaced; only a broken current one goes.
                 if self._executor is not None and getattr(self._executor, "_broken", False):
                     self._lost_locked(str(error))
             log.warning("parse pool lost a child (journal entry %s parsed in-process): %s", journal_id, error)
-            return None
-        except TimeoutError:
-            with self._lock:
-                self._lost_locked(f"no result for journal entry {journal_id} in {wait:g} s", kill=True)
             return None
         except Exception as error:  # parse_message never raises; a pickling problem might
             log.warning("parse pool failed on journal entry %s (parsed in-process): %r", journal_id, error)
@@ -209,6 +214,18 @@ class ParsePool:
         with self._lock:
             for journal_id in journal_ids:
                 self._ahead.pop(journal_id, None)
+
+    def ready(self, journal_ids: Sequence[int]) -> bool:
+        """Whether every one of these entries was handed over and its child has finished with it."""
+        with self._lock:
+            held = [self._ahead.get(journal_id) for journal_id in journal_ids]
+        return all(item is not None and item[0].done() for item in held)
+
+    @property
+    def broken(self) -> bool:
+        """Whether the current pool lost a child (it is replaced when an entry of it is taken)."""
+        with self._lock:
+            return bool(getattr(self._executor, "_broken", False))
 
     def worker_pids(self) -> list[int]:
         """The pool's child processes (for operators' views and tests)."""

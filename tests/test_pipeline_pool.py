@@ -91,6 +91,7 @@ async def test_a_child_killed_while_parsing_loses_nothing_and_quarantines_nothin
     # Parsing is under way once the child has spent a while on the CPU (starting costs far less).
     wait_until(lambda: _cpu_seconds(child) > 0.5, 60, "the child to be busy parsing")
     os.kill(child, signal.SIGKILL)
+    wait_until(lambda: pool.broken, 30, "the pool to notice its child died")
 
     assert components.pipeline.process_batch([journal_id]) == {journal_id: Outcome.DONE}
 
@@ -104,6 +105,7 @@ async def test_a_child_killed_while_parsing_loses_nothing_and_quarantines_nothin
     # The pool is replaced: the next entries are parsed by a new child.
     later = await _journal(components, [make_mail(sender=sender).as_bytes() for _ in range(3)], sender)
     pool.parse_ahead(journal_engine=components.journal_engine, journal_ids=later)
+    wait_until(lambda: pool.ready(later), 30, "the new child to parse them")
     assert components.pipeline.process_batch(later) == dict.fromkeys(later, Outcome.DONE)
     assert pool.delivered == 3 and pool.worker_pids() != [child]
 
@@ -120,10 +122,11 @@ async def test_a_reply_and_its_parent_parsed_in_parallel_land_in_one_case(compon
     ]
     ids = await _journal(components, [parent.as_bytes(), *(reply.as_bytes() for reply in replies)], sender)
 
-    # The first batch holds the parent and one reply: the child parses the reply while this
-    # process parses the parent; the other replies are parsed ahead, during the first transaction.
-    first = components.pipeline.process_batch(ids[:2], parse_next=ids[2:])
-    second = components.pipeline.process_batch(ids[2:])
+    # The child parses the replies while this process parses the parent and stores it (the
+    # pipeline never waits for the child: it takes what is ready, so the test lets it finish).
+    first = components.pipeline.process_batch(ids[:1], parse_next=ids[1:])
+    wait_until(lambda: pool.ready(ids[1:]), 30, "the child to parse the replies")
+    second = components.pipeline.process_batch(ids[1:])
 
     assert {**first, **second} == dict.fromkeys(ids, Outcome.DONE)
     assert pool.delivered == 3, "the replies were to be parsed by the child"
