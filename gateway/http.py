@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -86,6 +87,17 @@ class HttpServer:
             await asyncio.wait_for(asyncio.shield(self.serve_task), 10)
 
 
+class _PartServer(uvicorn.Server):
+    """uvicorn (0.54) re-raises SIGTERM/SIGINT once it has stopped serving, which suits a process
+    that is only uvicorn. In `gateway serve` the HTTP server is one part: on SIGTERM the gateway
+    must still close its SMTP listener, pipeline, parse pool, outbox and log handlers (Gateway.stop),
+    so here a signal only asks this server to exit and `serve` returns normally afterwards."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
 async def start_http_server(deps: HttpDeps, *, host: str, port: int) -> HttpServer:
     config = uvicorn.Config(
         create_app(deps),
@@ -99,7 +111,7 @@ async def start_http_server(deps: HttpDeps, *, host: str, port: int) -> HttpServ
         # turns a descriptor shortage into thousands of log lines per second. The SMTP side uses 100 too.
         backlog=100,
     )
-    server = uvicorn.Server(config)
+    server = _PartServer(config)
     task = asyncio.create_task(server.serve(), name="http")
     while not server.started:
         if task.done():
