@@ -303,5 +303,4 @@ class Gateway:
         self._tasks.clear()
         if self.components is not None:
             self.components.dispose()
-            self.components = None
             log.info("gateway stopped")
