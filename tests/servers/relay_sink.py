@@ -18,6 +18,8 @@ from email import message_from_bytes, policy
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from tests.servers.threaded import ThreadedServer
+
 DROP = "drop"  # the reply that means "close the connection instead of answering"
 
 
@@ -127,25 +129,14 @@ class _SinkSMTP(SMTP):
         super().connection_lost(error)
 
 
-class RelaySink:
+class RelaySink(ThreadedServer):
     """`with RelaySink() as sink:` ... `sink.url` is what GATEWAY_RELAY_URL should be."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.port = 0
+        super().__init__(host=host, thread_name="relay-sink")
         self._state = _State()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="relay-sink", daemon=True)
-        self._server: asyncio.AbstractServer | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> RelaySink:
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._listen(), self._loop)
-        self._server = future.result(10)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
 
     async def _listen(self) -> asyncio.AbstractServer:
         def protocol() -> SMTP:
@@ -153,24 +144,6 @@ class RelaySink:
             return _SinkSMTP(_Handler(self._state), self._state)
 
         return await self._loop.create_server(protocol, host=self.host, port=0)
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-                await self._server.wait_closed()
-
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop.close()
-
-    def __enter__(self) -> RelaySink:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:

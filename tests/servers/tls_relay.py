@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from tests.servers.threaded import ThreadedServer
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -87,7 +89,7 @@ class _Handler:
         return "250 2.0.0 OK: queued"
 
 
-class TlsRelay:
+class TlsRelay(ThreadedServer):
     """`with TlsRelay(tmp_path, users={"gw": "secret"}) as relay:` ... `relay.url(...)`."""
 
     def __init__(
@@ -106,16 +108,12 @@ class TlsRelay:
         self.smtputf8 = smtputf8
         self.broken_tls = broken_tls
         self.cert_file, self.key_file = make_certificate(directory)
-        self.host = "127.0.0.1"
-        self.port = 0
+        super().__init__(thread_name="tls-relay")
         self._lock = threading.Lock()
         self._deliveries: list[Delivery] = []
         self._refused_logins: list[str] = []
         self._connections = itertools.count(1)
         self.connections_opened = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tls-relay", daemon=True)
-        self._server: asyncio.AbstractServer | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -145,12 +143,6 @@ class TlsRelay:
                 self._refused_logins.append(login)
         return AuthResult(success=False, handled=False)
 
-    def start(self) -> TlsRelay:
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
     async def _listen(self) -> asyncio.AbstractServer:
         context = self._tls_context()
         handler = _Handler(self)
@@ -174,24 +166,6 @@ class TlsRelay:
 
         ssl_context = context if self.mode == "smtps" else None
         return await self._loop.create_server(protocol, host=self.host, port=0, ssl=ssl_context)
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-                await self._server.wait_closed()
-
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop.close()
-
-    def __enter__(self) -> TlsRelay:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def url(self, *, scheme: str | None = None, credentials: str = "") -> str:
         scheme = scheme or ("smtps" if self.mode == "smtps" else "smtp+starttls")
