@@ -23,12 +23,15 @@ import aiosmtplib
 from sqlalchemy import create_engine, func, text
 from sqlmodel import col, select
 
-from gateway.app import Gateway
+from gateway.app import Components, Gateway
 from gateway.cli.views import case_detail
+from gateway.outbound.relay import relay_for
+from gateway.outbound.replies import Outgoing
+from gateway.outbound.worker import OutboxWorker
 from gateway.settings import Settings
 from store import cases
-from store.db import reading
-from store.models import JournalEntry, OutboxItem
+from store.db import reading, transaction
+from store.models import Case, JournalEntry, OutboxItem
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"  # optional: tests that need it skip, naming it, when absent
@@ -198,3 +201,31 @@ def throwaway_pg_database(prefix: str = "gw_test") -> Iterator[str]:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+# --- the outbox, driven directly (relay tests) -----------------------------------------------------
+
+
+def queue_acks(components: Components, recipients: list[str], *, subject: str = "test") -> None:
+    """One case and an acknowledgement to each recipient, queued as the pipeline would queue them."""
+    with transaction(components.engine) as session:
+        case = Case(number="2026-000001", requester=recipients[0], subject=subject)
+        session.add(case)
+        session.flush()
+        for recipient in recipients:
+            components.replies.queue(
+                session=session,
+                case=case,
+                mail=Outgoing(kind="ack", recipient=recipient, automatic=True, context={"received_subject": subject}),
+            )
+
+
+def outbox_rows(components: Components) -> list[OutboxItem]:
+    with reading(components.engine) as session:
+        return list(session.exec(select(OutboxItem).order_by(col(OutboxItem.id))).all())
+
+
+def outbox_worker(components: Components, settings: Settings) -> OutboxWorker:
+    return OutboxWorker(
+        engine=components.engine, settings=settings, relay=relay_for(settings), replies=components.replies
+    )

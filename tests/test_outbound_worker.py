@@ -9,16 +9,12 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
-from sqlmodel import col, select
 
 from gateway.app import Components
 from gateway.metrics import REGISTRY
-from gateway.outbound.relay import relay_for
-from gateway.outbound.replies import Outgoing
-from gateway.outbound.worker import OutboxWorker
 from gateway.settings import Settings
-from store.db import reading, transaction
-from store.models import Case, OutboxItem, utcnow
+from store.models import utcnow
+from tests.helpers import outbox_rows, outbox_worker, queue_acks
 from tests.servers.relay_sink import RelaySink
 
 CUSTOMERS = [f"klient{number}@klient.example" for number in range(3)]
@@ -30,38 +26,14 @@ def sink() -> Iterator[RelaySink]:
         yield running
 
 
-def _queue(components: Components, recipients: list[str]) -> None:
-    with transaction(components.engine) as session:
-        case = Case(number="2026-000001", requester=recipients[0], subject="test")
-        session.add(case)
-        session.flush()
-        for recipient in recipients:
-            components.replies.queue(
-                session=session,
-                case=case,
-                mail=Outgoing(kind="ack", recipient=recipient, automatic=True, context={"received_subject": "test"}),
-            )
-
-
-def _rows(components: Components) -> list[OutboxItem]:
-    with reading(components.engine) as session:
-        return list(session.exec(select(OutboxItem).order_by(col(OutboxItem.id))).all())
-
-
-def _worker(components: Components, settings: Settings) -> OutboxWorker:
-    return OutboxWorker(
-        engine=components.engine, settings=settings, relay=relay_for(settings), replies=components.replies
-    )
-
-
 async def test_rows_whose_lease_runs_short_are_handed_back_unattempted(
     settings_factory: Callable[..., Settings], sink: RelaySink
 ) -> None:
     settings = settings_factory(relay_url=sink.url, relay_max_connections=1)
     components = Components.build(settings)
     try:
-        _queue(components, CUSTOMERS)
-        worker = _worker(components, settings)
+        queue_acks(components, CUSTOMERS)
+        worker = outbox_worker(components, settings)
         claimed = worker._claim()
         assert len(claimed) == 3
         # As if the first send had taken most of the lease: the later rows' leases would run out
@@ -70,14 +42,14 @@ async def test_rows_whose_lease_runs_short_are_handed_back_unattempted(
             item.claimed_until = utcnow() + timedelta(seconds=1)
         await worker._lane(claimed)
 
-        first, *rest = _rows(components)
+        first, *rest = outbox_rows(components)
         assert (first.status, first.attempts) == ("sent", 1)
         for row in rest:
             assert (row.status, row.attempts, row.claimed_by, row.last_error) == ("queued", 0, None, None)
         assert [d.recipients for d in sink.deliveries] == [(CUSTOMERS[0],)]
 
         assert await worker.run_once() == 2  # handed back: due at once, sent by the next pass
-        assert {row.status for row in _rows(components)} == {"sent"}
+        assert {row.status for row in outbox_rows(components)} == {"sent"}
         assert len(sink.accepted) == 3
     finally:
         components.dispose()
@@ -94,8 +66,8 @@ async def test_every_attempt_is_counted_by_result(settings_factory: Callable[...
         before = {result: _count(result) for result in ("sent", "retried", "failed")}
         sink.fail("451 4.3.0 later", count=1, recipient=CUSTOMERS[0])
         sink.fail("550 5.1.1 no such user", recipient=CUSTOMERS[1])
-        _queue(components, CUSTOMERS[:2])
-        worker = _worker(components, settings)
+        queue_acks(components, CUSTOMERS[:2])
+        worker = outbox_worker(components, settings)
         while await worker.run_once():
             pass
         after = {result: _count(result) - before[result] for result in before}

@@ -12,43 +12,14 @@ from email import policy
 from pathlib import Path
 
 import aiosmtplib
-from sqlmodel import col, select
 
 from gateway.app import Components, Gateway
-from gateway.outbound.relay import relay_for
-from gateway.outbound.replies import Outgoing
-from gateway.outbound.worker import OutboxWorker
 from gateway.settings import Settings
-from store.db import reading, transaction
-from store.models import Case, OutboxItem
-from tests.helpers import STAFF_QUEUE, SUPPORT, settle
+from tests.helpers import STAFF_QUEUE, SUPPORT, outbox_rows, outbox_worker, queue_acks, settle
 from tests.servers.relay_sink import RelaySink
 from tests.servers.tls_relay import TlsRelay
 
 CUSTOMER = "zażółć.jaźń@klient.example"
-
-
-def _queue_ack(components: Components) -> None:
-    with transaction(components.engine) as session:
-        case = Case(number="2026-000001", requester=CUSTOMER, subject="Gęślą jaźń")
-        session.add(case)
-        session.flush()
-        components.replies.queue(
-            session=session,
-            case=case,
-            mail=Outgoing(kind="ack", recipient=CUSTOMER, automatic=True, context={"received_subject": "Gęślą jaźń"}),
-        )
-
-
-def _rows(components: Components) -> list[OutboxItem]:
-    with reading(components.engine) as session:
-        return list(session.exec(select(OutboxItem).order_by(col(OutboxItem.id))).all())
-
-
-def _worker(components: Components, settings: Settings) -> OutboxWorker:
-    return OutboxWorker(
-        engine=components.engine, settings=settings, relay=relay_for(settings), replies=components.replies
-    )
 
 
 async def test_sent_with_smtputf8_when_the_relay_offers_it(
@@ -58,8 +29,8 @@ async def test_sent_with_smtputf8_when_the_relay_offers_it(
         settings = settings_factory(relay_url=relay.url(scheme="smtp"))
         components = Components.build(settings)
         try:
-            _queue_ack(components)
-            assert await _worker(components, settings).run_once() == 1
+            queue_acks(components, [CUSTOMER], subject="Gęślą jaźń")
+            assert await outbox_worker(components, settings).run_once() == 1
             [delivery] = relay.deliveries
             assert delivery.recipients == (CUSTOMER,)
             assert "SMTPUTF8" in [option.upper() for option in delivery.mail_options]
@@ -67,7 +38,7 @@ async def test_sent_with_smtputf8_when_the_relay_offers_it(
             assert f"To: {CUSTOMER}\r\n".encode() in delivery.raw
             parsed = email.message_from_bytes(delivery.raw, policy=policy.default)
             assert str(parsed["To"]) == CUSTOMER
-            [row] = _rows(components)
+            [row] = outbox_rows(components)
             assert (row.status, row.attempts) == ("sent", 1)
         finally:
             components.dispose()
@@ -78,10 +49,10 @@ async def test_fails_at_once_and_tells_staff_when_the_relay_cannot(settings_fact
         settings = settings_factory(relay_url=sink.url)
         components = Components.build(settings)
         try:
-            _queue_ack(components)
-            worker = _worker(components, settings)
+            queue_acks(components, [CUSTOMER], subject="Gęślą jaźń")
+            worker = outbox_worker(components, settings)
             assert await worker.run_once() == 1
-            [row] = _rows(components)[:1]
+            [row] = outbox_rows(components)[:1]
             # No 48 hours of retries: the first attempt settles it, with the reason.
             assert (row.status, row.attempts) == ("failed", 1)
             assert "does not offer SMTPUTF8" in (row.last_error or "") and CUSTOMER in (row.last_error or "")

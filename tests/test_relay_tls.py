@@ -12,16 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlmodel import col, select
 
 from gateway.app import Components, Gateway
 from gateway.outbound.relay import SmtpRelay, relay_for
-from gateway.outbound.replies import Outgoing
 from gateway.outbound.worker import OutboxWorker
 from gateway.settings import Settings
-from store.db import reading, transaction
-from store.models import Case, OutboxItem
-from tests.helpers import make_mail, send, settle
+from tests.helpers import make_mail, outbox_rows, queue_acks, send, settle
 from tests.servers.relay_sink import RelaySink
 from tests.servers.tls_relay import TlsRelay
 
@@ -42,28 +38,10 @@ def smtps_relay(tmp_path: Path) -> Iterator[TlsRelay]:
         yield relay
 
 
-def queue_mail(components: Components, recipients: list[str]) -> None:
-    with transaction(components.engine) as session:
-        case = Case(number="2026-000001", requester=recipients[0], subject="test")
-        session.add(case)
-        session.flush()
-        for recipient in recipients:
-            components.replies.queue(
-                session=session,
-                case=case,
-                mail=Outgoing(kind="ack", recipient=recipient, automatic=True, context={"received_subject": "test"}),
-            )
-
-
-def rows(components: Components) -> list[OutboxItem]:
-    with reading(components.engine) as session:
-        return list(session.exec(select(OutboxItem).order_by(col(OutboxItem.id))).all())
-
-
 async def one_pass(settings: Settings, recipients: list[str]) -> tuple[Components, SmtpRelay]:
     """Queue one mail per recipient, then let a worker make one pass over the outbox."""
     components = Components.build(settings)
-    queue_mail(components, recipients)
+    queue_acks(components, recipients)
     relay = relay_for(settings)
     assert isinstance(relay, SmtpRelay)
     worker = OutboxWorker(engine=components.engine, settings=settings, relay=relay, replies=components.replies)
@@ -86,7 +64,7 @@ async def test_starttls_and_auth_with_every_message_of_a_pass_on_one_connection(
         assert all(d.encrypted and d.login == USER for d in deliveries)
         assert {d.connection for d in deliveries} == {1}  # five messages, one connection
         assert starttls_relay.connections_opened == 1 and relay.connections_opened == 1
-        assert [(r.status, r.attempts) for r in rows(components)] == [("sent", 1)] * len(CUSTOMERS)
+        assert [(r.status, r.attempts) for r in outbox_rows(components)] == [("sent", 1)] * len(CUSTOMERS)
     finally:
         components.dispose()
 
@@ -122,7 +100,7 @@ async def test_smtps_with_the_password_from_a_file(
     components, _ = await one_pass(settings, CUSTOMERS[:2])
     try:
         assert [(d.encrypted, d.login) for d in smtps_relay.deliveries] == [(True, USER)] * 2
-        assert {r.status for r in rows(components)} == {"sent"}
+        assert {r.status for r in outbox_rows(components)} == {"sent"}
     finally:
         components.dispose()
 
@@ -157,7 +135,7 @@ async def test_wrong_credentials_fail_every_row_clearly_and_keep_it(
         assert starttls_relay.deliveries == []
         assert set(starttls_relay.refused_logins) == {USER}
         assert starttls_relay.connections_opened == 1  # tried once for the pass, not once per row
-        for row in rows(components):
+        for row in outbox_rows(components):
             # Deferred, as Postfix's smtp_sasl_auth_soft_bounce: a fixed password loses no mail.
             assert (row.status, row.attempts) == ("queued", 1)
             assert row.last_error and "refused our login as 'gateway'" in row.last_error
@@ -173,7 +151,7 @@ async def test_an_unknown_certificate_is_refused_on_smtp_starttls(
     components, _ = await one_pass(settings, CUSTOMERS[:1])
     try:
         assert starttls_relay.deliveries == []
-        [row] = rows(components)
+        [row] = outbox_rows(components)
         assert row.status == "queued" and "CERTIFICATE_VERIFY_FAILED" in (row.last_error or "")
     finally:
         components.dispose()
@@ -199,7 +177,7 @@ async def test_plain_smtp_still_delivers_when_the_offered_starttls_is_broken(
         try:
             # Postfix's "may": clear text rather than no mail at all; the handshake was tried once.
             assert [(d.encrypted, d.connection) for d in relay.deliveries] == [(False, 2), (False, 2)]
-            assert {r.status for r in rows(components)} == {"sent"}
+            assert {r.status for r in outbox_rows(components)} == {"sent"}
         finally:
             components.dispose()
 
@@ -212,7 +190,7 @@ async def test_a_broken_starttls_is_never_a_fallback_on_smtp_starttls(
         components, _ = await one_pass(settings, CUSTOMERS[:1])
         try:
             assert relay.deliveries == []
-            [row] = rows(components)
+            [row] = outbox_rows(components)
             assert row.status == "queued" and "cannot reach the relay" in (row.last_error or "")
         finally:
             components.dispose()
@@ -224,7 +202,7 @@ async def test_a_password_is_never_sent_without_encryption(settings_factory: Cal
         components, _ = await one_pass(settings, CUSTOMERS[:1])
         try:
             assert sink.deliveries == []
-            [row] = rows(components)
+            [row] = outbox_rows(components)
             assert row.status == "queued" and "never sent in clear text" in (row.last_error or "")
         finally:
             components.dispose()
