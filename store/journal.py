@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, select
 
 from store.models import JournalEntry, utcnow
@@ -97,6 +97,19 @@ def begin_attempt(*, session: Session, journal_id: int) -> int | None:
     ).scalar_one_or_none()
 
 
+def begin_attempts(*, session: Session, journal_ids: Sequence[int]) -> set[int]:
+    """`begin_attempt` for a whole batch in one statement; returns the ids that were still pending."""
+    if not journal_ids:
+        return set()
+    statement = (
+        update(JournalEntry)
+        .where(col(JournalEntry.id).in_(journal_ids), col(JournalEntry.status) == JournalStatus.PENDING)
+        .values(attempts=JournalEntry.attempts + 1)
+        .returning(col(JournalEntry.id))
+    )
+    return {id_ for id_ in session.execute(statement).scalars() if id_ is not None}
+
+
 def undo_attempt(*, session: Session, journal_id: int) -> None:
     """Take back an attempt that ended with the entry still pending on purpose (deferred, skipped)."""
     session.execute(
@@ -116,6 +129,37 @@ def finish(*, session: Session, journal_id: int, status: JournalStatus, reason: 
         update(JournalEntry)
         .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == JournalStatus.PENDING)
         .values(status=status, reason=None if reason is None else storable_text(reason), processed_at=utcnow())
+    )
+
+
+@dataclass(frozen=True)
+class Finished:
+    journal_id: int
+    status: JournalStatus
+    reason: str | None = None
+
+
+def finish_many(*, session: Session, finished: Sequence[Finished]) -> None:
+    """`finish` for a whole batch: one statement executed with a parameter set per entry."""
+    if not finished:
+        return
+    statement = (
+        update(JournalEntry)
+        .where(col(JournalEntry.id) == bindparam("entry_id"), col(JournalEntry.status) == JournalStatus.PENDING)
+        .values(status=bindparam("new_status"), reason=bindparam("new_reason"), processed_at=bindparam("at"))
+    )
+    now = utcnow()
+    session.connection().execute(
+        statement,
+        [
+            {
+                "entry_id": item.journal_id,
+                "new_status": item.status,
+                "new_reason": None if item.reason is None else storable_text(item.reason),
+                "at": now,
+            }
+            for item in finished
+        ],
     )
 
 

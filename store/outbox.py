@@ -25,6 +25,8 @@ def enqueue(*, session: Session, item: OutboxItem) -> OutboxItem:
     """
     values = {name: getattr(item, name) for name in _INSERTED_COLUMNS}
     item.id = session.connection().execute(_INSERT, values).scalar_one()
+    if item.automatic:
+        AutomaticCounts.of(session).queued(item.recipient)
     return item
 
 
@@ -78,6 +80,79 @@ def get_item(*, session: Session, item_id: int) -> OutboxItem | None:
 
 def find_by_message_id(*, session: Session, message_id: str) -> OutboxItem | None:
     return session.exec(select(OutboxItem).where(OutboxItem.message_id == message_id)).first()
+
+
+class AutomaticCounts:
+    """Automatic mail queued in the last hour, per recipient and in all, as one transaction sees it.
+
+    The pipeline asks both limits (per sender, and the global cap) for every message of a batch;
+    asked of the database each time, the global count alone re-reads an hour of outgoing mail per
+    message. Counted once per transaction (the recipients of a batch in one query) and kept up to
+    date by `enqueue` in it. A row queued by an entry whose savepoint was rolled back stays
+    counted until the transaction ends: the limits can only come a little early, never late.
+    """
+
+    _KEY = "automatic_counts"
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._since = utcnow() - timedelta(hours=1)
+        self._to: dict[str, int] = {}
+        self._all_but: dict[str, int] = {}  # excluded recipient (the staff queue) -> count
+
+    @classmethod
+    def of(cls, session: Session) -> AutomaticCounts:
+        counts = session.info.get(cls._KEY)
+        if counts is None:
+            counts = session.info[cls._KEY] = cls(session)
+        return counts
+
+    def load(self, recipients: Sequence[str]) -> None:
+        """Read the counts of several recipients at once (a batch's senders)."""
+        wanted = sorted({recipient.lower() for recipient in recipients} - self._to.keys())
+        if not wanted:
+            return
+        statement = (
+            select(col(OutboxItem.recipient), func.count())
+            .where(
+                col(OutboxItem.recipient).in_(wanted),
+                col(OutboxItem.automatic).is_(True),
+                col(OutboxItem.created_at) >= self._since,
+            )
+            .group_by(col(OutboxItem.recipient))
+        )
+        found = dict(self._session.exec(statement).all())
+        self._to.update({recipient: int(found.get(recipient, 0)) for recipient in wanted})
+
+    def to(self, recipient: str) -> int:
+        recipient = recipient.lower()
+        if recipient not in self._to:
+            self._to[recipient] = count_automatic_to(session=self._session, recipient=recipient, since=self._since)
+        return self._to[recipient]
+
+    def all_but(self, excluded: str) -> int:
+        """Automatic mail to anyone but `excluded` (the staff queue: notices to staff are not replies)."""
+        excluded = excluded.lower()
+        if excluded not in self._all_but:
+            statement = (
+                select(func.count())
+                .select_from(OutboxItem)
+                .where(
+                    col(OutboxItem.created_at) >= self._since,
+                    col(OutboxItem.automatic).is_(True),
+                    col(OutboxItem.recipient) != excluded,
+                )
+            )
+            self._all_but[excluded] = int(self._session.exec(statement).one())
+        return self._all_but[excluded]
+
+    def queued(self, recipient: str) -> None:
+        recipient = recipient.lower()
+        if recipient in self._to:
+            self._to[recipient] += 1
+        for excluded in self._all_but:
+            if recipient != excluded:
+                self._all_but[excluded] += 1
 
 
 def count_automatic_to(*, session: Session, recipient: str, since: datetime) -> int:

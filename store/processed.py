@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
@@ -24,6 +25,14 @@ class Earlier:
 
 def get_processed(*, session: Session, journal_id: int) -> ProcessedEntry | None:
     return session.get(ProcessedEntry, journal_id)
+
+
+def get_many(*, session: Session, journal_ids: Sequence[int]) -> dict[int, ProcessedEntry]:
+    """The entries among `journal_ids` processed already (by journal id), in one query."""
+    if not journal_ids:
+        return {}
+    statement = select(ProcessedEntry).where(col(ProcessedEntry.journal_id).in_(journal_ids))
+    return {entry.journal_id: entry for entry in session.exec(statement)}
 
 
 def find_earlier(

@@ -1,4 +1,4 @@
-"""Repository functions sender trust needs: the global count of automatic mail, security events by kind.
+"""Repository functions sender trust needs: security events by kind.
 
 Keyword-only, an explicit session, never a commit (the pipeline owns the transaction).
 """
@@ -6,29 +6,10 @@ Keyword-only, an explicit session, never a commit (the pipeline owns the transac
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
-from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from store.models import OutboxItem, SecurityEvent
-
-
-def count_automatic_since(*, session: Session, since: datetime, staff_queue: str) -> int:
-    """Automatic mail to senders (not to the staff queue) queued since `since`, whatever its state.
-
-    A range over the created_at index (migration 0003): at most an hour of outgoing mail.
-    """
-    statement = (
-        select(func.count())
-        .select_from(OutboxItem)
-        .where(
-            col(OutboxItem.created_at) >= since,
-            col(OutboxItem.automatic).is_(True),
-            col(OutboxItem.recipient) != staff_queue.lower(),
-        )
-    )
-    return int(session.exec(statement).one())
+from store.models import SecurityEvent
 
 
 def security_events(*, session: Session, kind: str | None = None) -> Sequence[SecurityEvent]:

@@ -28,6 +28,12 @@ class MailChoice:
         self._settings = settings
         self._replies = replies
 
+    @staticmethod
+    def expect_senders(session: Session, senders: Sequence[str]) -> None:
+        """A batch's senders, before its messages are processed: their hourly counts of automatic
+        mail are read in one query instead of one per message."""
+        outbox.AutomaticCounts.of(session).load([sender for sender in senders if sender])
+
     def after_customer_message(
         self,
         session: Session,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from email.utils import formatdate
 from typing import Any
 
@@ -166,8 +165,7 @@ class Replies:
         return item
 
     def _over_hourly_limit(self, session: Session, recipient: str) -> bool:
-        since = utcnow() - timedelta(hours=1)
-        sent = outbox.count_automatic_to(session=session, recipient=recipient.lower(), since=since)
+        sent = outbox.AutomaticCounts.of(session).to(recipient)
         return sent >= self._settings.auto_replies_per_sender_per_hour
 
     def _context(self, case: Case, mail: Outgoing) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sqlmodel import Session
@@ -29,8 +28,8 @@ from gateway.trust.assess import Arrival, SenderTrust
 from gateway.trust.resolver import Resolver
 from gateway.trust.verdict import PASS, AutoReply, TrustVerdict
 from store import cases
-from store.models import Case, JournalEntry, SecurityEvent, utcnow
-from store.sender_trust import count_automatic_since
+from store.models import Case, JournalEntry, SecurityEvent
+from store.outbox import AutomaticCounts
 from store.states import VerdictKind
 
 if TYPE_CHECKING:
@@ -145,8 +144,7 @@ class TrustGate:
             return AutoReply.NONE
         if policy == "not-failed" and trust.failed:
             return AutoReply.NONE
-        since = utcnow() - timedelta(hours=1)
-        sent = count_automatic_since(session=session, since=since, staff_queue=self._settings.staff_queue_address)
+        sent = AutomaticCounts.of(session).all_but(self._settings.staff_queue_address)
         if sent >= self._settings.auto_replies_per_hour:
             log.warning("global hourly cap of automatic mail reached (%d): %s gets none", sent, inbound.sender)
             return AutoReply.NONE
