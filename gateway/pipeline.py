@@ -409,8 +409,8 @@ class Pipeline:
             case = self._recorder.open_case(session, inbound, decision)
         # Staff mail that is not a proper staff reply is kept as an internal note, never sent on.
         direction = Direction.NOTE if is_staff else Direction.INBOUND
-        message = self._recorder.store_message(session, inbound, case, direction=direction)
-        refused = [a for a in self._recorder.store_attachments(session, inbound, message) if a.refused]
+        stored_id = self._recorder.store_message(session, inbound, case, direction=direction)
+        refused = [a for a in self._recorder.store_attachments(session, inbound, stored_id) if a.refused]
         self._recorder.touch_case(session, inbound, case)
         self._gate.after_store(session, inbound, case, is_new=is_new)  # spam status, unverified staff
         if inbound.verdict.kind == VerdictKind.BOUNCE:

@@ -21,7 +21,7 @@ from gateway.threads import ThreadDecision
 from gateway.trust.verdict import AutoReply, TrustVerdict
 from store import cases, directory
 from store.blobs import BlobStore
-from store.models import Attachment, Case, JournalEntry, Message, SecurityEvent, utcnow
+from store.models import Attachment, Case, JournalEntry, SecurityEvent, utcnow
 from store.states import CaseStatus, Direction, VerdictKind
 
 NO_SUBJECT = "(bez tematu)"
@@ -100,30 +100,35 @@ class Recorder:
             )
         return case
 
-    def store_message(self, session: Session, inbound: Inbound, case: Case, *, direction: Direction) -> Message:
-        """The case message, and everyone on its From/To/Cc (but us) as participants of the case."""
+    def store_message(
+        self, session: Session, inbound: Inbound, case: Case, *, direction: Direction, text: str | None = None
+    ) -> int:
+        """The case message (with `text` instead of the parsed one, if given), and everyone on its
+        From/To/Cc (but us) as participants of the case; returns the message's id."""
         parsed, entry = inbound.parsed, inbound.entry
-        message = Message(
-            case_id=case.id or 0,  # the case is flushed: it has its id
-            journal_id=entry.id,
-            direction=direction,
-            source="staff" if direction == Direction.NOTE else _message_source(entry.source),
-            message_id=parsed.message_id,
-            sender=parsed.from_address,
-            from_header=parsed.from_header,
-            to_header=parsed.to_header,
-            cc_header=parsed.cc_header,
-            subject=parsed.subject,
-            date=parsed.date.replace(tzinfo=UTC) if parsed.date else None,
-            text=parsed.text,
-            html=parsed.html,
-            auto_generated=inbound.verdict.automatic,
-            raw_sha256=entry.raw_sha256,
-            defects=list(parsed.defects),
-            trust=inbound.trust.as_json(),
-            received_at=entry.received_at,
+        message_id = cases.add_message(
+            session=session,
+            case=case,
+            values={
+                "journal_id": entry.id,
+                "direction": direction,
+                "source": "staff" if direction == Direction.NOTE else _message_source(entry.source),
+                "message_id": parsed.message_id,
+                "sender": parsed.from_address,
+                "from_header": parsed.from_header,
+                "to_header": parsed.to_header,
+                "cc_header": parsed.cc_header,
+                "subject": parsed.subject,
+                "date": parsed.date.replace(tzinfo=UTC) if parsed.date else None,
+                "text": parsed.text if text is None else text,
+                "html": parsed.html,
+                "auto_generated": inbound.verdict.automatic,
+                "raw_sha256": entry.raw_sha256,
+                "defects": list(parsed.defects),
+                "trust": inbound.trust.as_json(),
+                "received_at": entry.received_at,
+            },
         )
-        cases.add_message(session=session, case=case, message=message)
         own = self._is_own_address
         cases.add_participants(
             session=session,
@@ -131,14 +136,15 @@ class Recorder:
             emails=[a for a in (parsed.from_address, *parsed.to, *parsed.cc) if a and not own(a)]
             if inbound.adds_participants
             else [],
+            new_case=case.message_count == 1,  # this message is its first
         )
-        return message
+        return message_id
 
-    def store_attachments(self, session: Session, inbound: Inbound, message: Message) -> list[Attachment]:
+    def store_attachments(self, session: Session, inbound: Inbound, message_id: int) -> list[Attachment]:
         """One row per attachment; contents by SHA-256, one over the limit recorded as refused."""
         stored = []
         for part in inbound.parsed.attachments:
-            attachment = self._attachment_row(session, part, message_id=message.id or 0)
+            attachment = self._attachment_row(session, part, message_id=message_id)
             cases.add_attachment(session=session, attachment=attachment)
             stored.append(attachment)
         return stored

@@ -7,6 +7,7 @@ Keyword-only arguments, an explicit session, never a commit. Every lookup on the
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import Connection, Engine, func, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -22,6 +23,7 @@ from store.models import (
     Participant,
     SecurityEvent,
 )
+from store.rows import insert_row, insert_rows
 
 
 def next_case_number(*, session: Session, year: int) -> str:
@@ -97,31 +99,31 @@ def is_participant(*, session: Session, case_id: int, email: str) -> bool:
     return session.exec(statement).first() is not None
 
 
-def add_participants(*, session: Session, case_id: int, emails: Iterable[str]) -> None:
+def add_participants(*, session: Session, case_id: int, emails: Iterable[str], new_case: bool = False) -> None:
+    """Make `emails` participants of the case (those it has already are left alone; a case opened
+    in this transaction has none yet, so `new_case` saves looking)."""
     wanted = {email for email in emails if email}
     if not wanted:
         return
-    known = set(
-        session.exec(
-            select(Participant.email).where(Participant.case_id == case_id, col(Participant.email).in_(wanted))
-        ).all()
-    )
-    for email in sorted(wanted - known):
-        session.add(Participant(case_id=case_id, email=email))
+    known: set[str] = set()
+    if not new_case:
+        statement = select(Participant.email).where(Participant.case_id == case_id, col(Participant.email).in_(wanted))
+        known = set(session.exec(statement).all())
+    insert_rows(session, Participant, [{"case_id": case_id, "email": email} for email in sorted(wanted - known)])
 
 
-def add_message(*, session: Session, case: Case, message: Message) -> Message:
+def add_message(*, session: Session, case: Case, values: dict[str, Any]) -> int:
+    """Insert a message of `case` (columns of Message as values) and count it; returns its id."""
     assert case.id is not None, "the case is flushed before its messages"
-    message.case_id = case.id
-    session.add(message)
-    case.message_count += 1
+    message_id = insert_row(session, Message, {**values, "case_id": case.id})
+    case.message_count += 1  # written with the case's other changes at the next flush
     session.add(case)
-    session.flush()
-    return message
+    return message_id
 
 
 def add_attachment(*, session: Session, attachment: Attachment) -> None:
-    session.add(attachment)
+    values = {name: getattr(attachment, name) for name in Attachment.model_fields if name != "id"}
+    attachment.id = insert_row(session, Attachment, values)
 
 
 def record_security_event(*, session: Session, event: SecurityEvent) -> None:

@@ -9,31 +9,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Table, func, insert, or_
+from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from store.models import OutboxItem, utcnow
+from store.rows import insert_row
 
 
 def enqueue(*, session: Session, item: OutboxItem) -> OutboxItem:
-    """Write `item` at once and return it with its id.
-
-    A Core INSERT ... RETURNING: every outgoing mail is one, and the ORM's unit of work (a flush of
-    the whole session to learn one id) cost more than rendering the mail. The returned object is
-    not attached to the session: read the row again (get_item) to change it.
-    """
-    values = {name: getattr(item, name) for name in _INSERTED_COLUMNS}
-    item.id = session.connection().execute(_INSERT, values).scalar_one()
-    if item.automatic:
-        AutomaticCounts.of(session).queued(item.recipient)
+    """Write `item` at once and return it with its id (not attached to the session: read the row
+    again with get_item to change it)."""
+    values = {name: getattr(item, name) for name in OutboxItem.model_fields if name != "id"}
+    item.id = queue_row(session=session, values=values)
     return item
 
 
-_OUTBOX_TABLE: Table = OutboxItem.metadata.tables["outbox_item"]
-_INSERTED_COLUMNS = tuple(column.name for column in _OUTBOX_TABLE.columns if column.name != "id")
-# One statement, compiled once: the values go in as parameters, not through the ORM's coercion.
-_INSERT = insert(_OUTBOX_TABLE).returning(_OUTBOX_TABLE.c.id)
+def queue_row(*, session: Session, values: dict[str, Any]) -> int:
+    """Insert an outbox row from its values (a Core INSERT: every outgoing mail is one, and the
+    ORM's unit of work cost more than rendering the mail); returns its id."""
+    outbox_id = insert_row(session, OutboxItem, values)
+    if values.get("automatic"):
+        AutomaticCounts.of(session).queued(str(values["recipient"]))
+    return outbox_id
 
 
 def claim_due(*, session: Session, instance: str, lease: timedelta, limit: int = 20) -> Sequence[OutboxItem]:

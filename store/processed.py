@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlmodel import Session, col, select
 
 from store.models import ProcessedEntry
+from store.rows import insert_rows
 from store.states import Outcome
 
 # Entries looked at under one Message-ID and sender: a mailer that reuses one ID for everything
@@ -66,4 +67,5 @@ def find_earlier(
 
 
 def record_processed(*, session: Session, entry: ProcessedEntry) -> None:
-    session.add(entry)
+    """Write the row at once (a Core INSERT): the next entry of the batch may be its duplicate."""
+    insert_rows(session, ProcessedEntry, [{name: getattr(entry, name) for name in ProcessedEntry.model_fields}])

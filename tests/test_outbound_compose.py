@@ -89,3 +89,25 @@ def test_attachment_names_and_expansion() -> None:
     ]
     assert [part.get_payload(decode=True) for part in parts] == [blobs[ref.sha256] for ref in refs]
     assert content(message.get_body(("plain",))) == "treść\n"
+
+
+def test_subjects_read_back_exactly_in_lines_of_at_most_78() -> None:
+    """encoded_text writes RFC 2047 words itself: a character never split between two words, spaces,
+    "_", "=" and "?" kept, lines folded short enough, whatever the mix of scripts."""
+    subjects = [
+        "[#2026-000123] Re: Nie działa poczta na serwerze – pilne zgłoszenie",
+        "Zażółć gęślą jaźń " * 8,
+        "x" * 60 + " ąę",
+        "[#1] " + "日本語のテキスト" * 10,
+        "a_b=c?d ż =?utf-8?q?x?=",
+        "ż",
+        "Re: Fwd: " + "ą" * 200,
+        "emoji 😀 and tab\tend ",
+    ]
+    for subject in subjects:
+        value = encoded_text(subject)
+        raw = compose(headers=[("Subject", value)], text="x", html=None, attachments=[])
+        head = raw.split(b"\r\nMIME-Version", 1)[0]
+        assert all(len(line) <= 78 for line in head.split(b"\r\n")), subject
+        assert head.isascii()
+        assert str(parse(raw)["subject"]) == subject

@@ -19,7 +19,7 @@ from gateway.settings import Settings
 from gateway.trust.gate import number_only
 from gateway.trust.verdict import AutoReply
 from store import outbox
-from store.models import Attachment, Case, OutboxItem
+from store.models import Attachment, Case
 from store.states import VerdictKind
 
 
@@ -71,7 +71,7 @@ class MailChoice:
         context: dict[str, object],
         *,
         attachments: tuple[OutgoingAttachment, ...] = (),
-    ) -> OutboxItem | None:
+    ) -> int | None:
         """A staff-caused mail to the requester, threaded under the customer's side of the case.
 
         Not under the staff member's message: the customer never saw that one.

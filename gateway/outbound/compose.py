@@ -21,14 +21,9 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from email.charset import QP, Charset
-from email.header import Header
 from email.utils import formataddr
 from urllib.parse import quote
 
-_UTF8_QP = Charset("utf-8")
-# Quoted-printable keeps Polish text (and the [#NUMBER] tag) readable in the raw mail.
-_UTF8_QP.body_encoding = _UTF8_QP.header_encoding = QP
 _FOLD_AT = 78  # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
 
 _PLACEHOLDER_PREFIX = b"!gateway-blob sha256="
@@ -65,17 +60,41 @@ def address_header(name: str, address: str) -> str:
     return f"{shown_name} <{address}>"
 
 
-def encoded_text(value: str) -> str:
-    """An unstructured header value (Subject): ASCII words as they are, the rest as encoded-words."""
+# RFC 2047 §4.2 "Q" encoding: what may stand for itself in an encoded-word of a Subject (the set
+# the stdlib's quoprimime keeps), a space as "_", every other byte as =XX.
+_Q_LITERAL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
+_Q_BYTE = [chr(byte) if byte in _Q_LITERAL else f"={byte:02X}" for byte in range(256)]
+_Q_BYTE[ord(" ")] = "_"
+_WORD_START, _WORD_END = "=?utf-8?q?", "?="
+_WORD_MAX = 75  # RFC 2047 §2: an encoded-word is at most 75 characters
+
+
+def encoded_text(value: str, *, header_name: str = "Subject") -> str:
+    """An unstructured header value (Subject): leading ASCII words as they are, the rest as UTF-8
+    "Q" encoded-words (Polish stays mostly readable), folded between words, a character never
+    split across two. Written here: email.header cost a tenth of composing a whole message."""
     if value.isascii():
         return value
     ascii_prefix, rest = "", value
-    while rest and rest.split(" ", 1)[0].isascii() and " " in rest:
+    while rest and " " in rest and rest.split(" ", 1)[0].isascii():
         word, rest = rest.split(" ", 1)
         ascii_prefix += word + " "
-    header = Header(ascii_prefix, "us-ascii", maxlinelen=76, header_name="Subject")
-    header.append(rest, _UTF8_QP)
-    return header.encode(linesep="\r\n")
+    room = _WORD_MAX - len(_WORD_START) - len(_WORD_END)
+    # The first encoded-word shares its line with "Subject: " and the ASCII words before it.
+    first_room = _FOLD_AT - len(header_name) - 2 - len(ascii_prefix) - len(_WORD_START) - len(_WORD_END)
+    words: list[str] = []
+    current, budget = "", first_room if first_room >= 12 else room
+    if budget == room and ascii_prefix:
+        words.append(ascii_prefix.rstrip(" "))  # the ASCII words alone on the first line
+        ascii_prefix = ""
+    for char in rest:
+        encoded = "".join(_Q_BYTE[byte] for byte in char.encode("utf-8"))
+        if current and len(current) + len(encoded) > budget:
+            words.append(_WORD_START + current + _WORD_END)
+            current, budget = "", room
+        current += encoded
+    words.append(_WORD_START + current + _WORD_END)
+    return ascii_prefix + "\r\n ".join(words)
 
 
 def _header_line(name: str, value: str) -> str:

@@ -26,7 +26,7 @@ from gateway.outbound.templates import MailTemplates
 from gateway.settings import Settings
 from store import cases, outbox
 from store.blobs import BlobStore, make_blob_store
-from store.models import Case, Message, OutboxItem, utcnow
+from store.models import Case, Message, utcnow
 
 MAX_REFERENCES = 20  # keep References from growing without bound in long threads
 
@@ -110,10 +110,9 @@ class Replies:
     def loop_marker(self) -> str:
         return self._settings.support_address.lower()
 
-    def queue(self, *, session: Session, case: Case, mail: Outgoing) -> OutboxItem | None:
-        """Render `mail` and commit it to the outbox in the caller's transaction.
-
-        Automatic mail beyond the per-sender hourly limit is not queued (returns None).
+    def queue(self, *, session: Session, case: Case, mail: Outgoing) -> int | None:
+        """Render `mail` and commit it to the outbox in the caller's transaction; returns the
+        outbox row's id. Automatic mail beyond the per-sender hourly limit is not queued (None).
         """
         if mail.automatic and not mail.to_staff and self._over_hourly_limit(session, mail.recipient):
             return None
@@ -126,43 +125,47 @@ class Replies:
             html=rendered.html,
             attachments=[self._stored(session, attachment) for attachment in mail.attachments],
         )
-        item = outbox.enqueue(
+        now = utcnow()
+        outbox_id = outbox.queue_row(
             session=session,
-            item=OutboxItem(
-                case_id=case.id,
-                kind=mail.kind,
-                automatic=mail.automatic,
+            values={
+                "case_id": case.id,
+                "kind": mail.kind,
+                "automatic": mail.automatic,
                 # VERP: a report that comes back to this address and names this Message-ID is
                 # a bounce of ours; any other multipart/report is just untrusted mail.
-                mail_from=self._addresses.for_bounce(message_id=message_id),
-                recipient=mail.recipient.lower(),
-                message_id=message_id,
-                raw=raw,
-            ),
+                "mail_from": self._addresses.for_bounce(message_id=message_id),
+                "recipient": mail.recipient.lower(),
+                "message_id": message_id,
+                "raw": raw,
+                "created_at": now,
+                "next_attempt_at": now,
+            },
         )
         if not mail.to_staff:
             cases.add_message(
                 session=session,
                 case=case,
-                message=Message(
-                    case_id=case.id or 0,
-                    direction="outbound",
-                    source=mail.source,
-                    message_id=message_id,
-                    sender=self._settings.support_address.lower(),
-                    from_header=f"{self._settings.support_name} <{self._settings.support_address}>",
-                    to_header=mail.recipient,
-                    subject=subject,
-                    date=utcnow(),
-                    text=rendered.text,
-                    html=rendered.html,
-                    auto_generated=mail.automatic,
-                    raw_sha256=hashlib.sha256(raw).hexdigest(),
-                    outbox_id=item.id,
-                    delivery_status="queued",
-                ),
+                values={
+                    "direction": "outbound",
+                    "source": mail.source,
+                    "message_id": message_id,
+                    "sender": self._settings.support_address.lower(),
+                    "from_header": f"{self._settings.support_name} <{self._settings.support_address}>",
+                    "to_header": mail.recipient,
+                    "subject": subject,
+                    "date": now,
+                    "text": rendered.text,
+                    "html": rendered.html,
+                    "auto_generated": mail.automatic,
+                    "raw_sha256": hashlib.sha256(raw).hexdigest(),
+                    "outbox_id": outbox_id,
+                    "delivery_status": "queued",
+                    "received_at": now,
+                    "created_at": now,
+                },
             )
-        return item
+        return outbox_id
 
     def _over_hourly_limit(self, session: Session, recipient: str) -> bool:
         sent = outbox.AutomaticCounts.of(session).to(recipient)

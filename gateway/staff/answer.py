@@ -27,8 +27,8 @@ class StaffAnswers:
         if reply.category:
             case.category = reply.category
         if reply.note or not reply.body:
-            note = self._recorder.store_message(session, inbound, case, direction=Direction.NOTE)
-            note.text = reply.text  # the staff member's own lines, not the quoted notification
+            # The staff member's own lines as its text, not the quoted notification.
+            note = self._recorder.store_message(session, inbound, case, direction=Direction.NOTE, text=reply.text)
             self._recorder.store_attachments(session, inbound, note)
         if not reply.note and reply.body:
             self._send_answer(session, inbound, case, reply.body)
@@ -43,15 +43,15 @@ class StaffAnswers:
         session.add(case)
 
     def _send_answer(self, session: Session, inbound: Inbound, case: Case, body: str) -> None:
-        item = self._mail.to_customer(
+        outbox_id = self._mail.to_customer(
             session,
             case,
             "staff_reply",
             {"body": body, "staff_name": inbound.parsed.from_name},
             attachments=self._mail.forwardable(inbound.parsed.attachments),
         )
-        answer = outbound_message(session=session, outbox_id=item.id or 0) if item else None
+        answer = outbound_message(session=session, outbox_id=outbox_id) if outbox_id else None
         if answer is not None:
             # The case keeps the staff member's files with the answer (the panel shows them);
             # one over the limit is recorded as refused, as it was not sent either.
-            self._recorder.store_attachments(session, inbound, answer)
+            self._recorder.store_attachments(session, inbound, answer.id or 0)
