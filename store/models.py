@@ -165,7 +165,7 @@ class Message(SQLModel, table=True):
     # inbound and notes: gateway.trust.TrustVerdict.as_json() (who really sent it); None for our own mail
     trust: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     # outbound only: the outbox row that carries it (queued | sent | failed lives there)
-    outbox_id: int | None = Field(default=None, foreign_key="outbox_item.id")
+    outbox_id: int | None = Field(default=None, foreign_key="outbox_item.id", index=True)
     delivery_status: str | None = Field(default=None, max_length=12)
     read_at: datetime | None = None  # read by the customer in the panel
     # When the gateway received it (journal time; for outbound mail, when it was queued): the
