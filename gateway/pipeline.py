@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from sqlalchemy import Engine
@@ -51,6 +51,12 @@ class Deferred(Exception):
 
 class _EntryFailed(Exception):
     """An entry of a batch processed without savepoints failed: the batch goes again, isolated."""
+
+
+@dataclass(frozen=True)
+class _BatchLookups:
+    done_before: dict[int, ProcessedEntry]
+    earlier: processed.BatchEarlier
 
 
 def _journal_finish(done: ProcessedEntry) -> journal.Finished:
@@ -225,15 +231,15 @@ class Pipeline:
         finished: list[ProcessedEntry] = []
         failed: dict[int, str] = {}
         try:
-            with transaction(self._engine) as session:
+            # No autoflush: the rows an entry adds go in at once (store.rows) and queries find the
+            # cases it changed in the session; the changes to cases are written together at commit.
+            with transaction(self._engine) as session, session.no_autoflush:
                 ids = [work.entry.id or 0 for work in works]
                 # PostgreSQL: rows another instance is processing right now are skipped, not awaited.
                 claimed = (
                     journal.claim_pending_batch(session=session, journal_ids=ids) if self._shared_journal else set(ids)
                 )
-                # Done before a crash that came between this commit and the journal's.
-                done_before = processed.get_many(session=session, journal_ids=ids)
-                self._mail.expect_senders(session, [work.sender for work in works])
+                batch = self._batch_lookups(session, works, ids)
                 for work in works:
                     journal_id = work.entry.id or 0
                     if journal_id not in claimed:
@@ -241,9 +247,9 @@ class Pipeline:
                         continue
                     try:
                         done = (
-                            self._finish_isolated(session, work, done_before)
+                            self._finish_isolated(session, work, batch)
                             if isolated
-                            else (self._finish(session, work, done_before))
+                            else self._finish(session, work, batch)
                         )
                     except Deferred:  # raised before the entry wrote anything
                         outcomes[journal_id] = Outcome.DEFERRED
@@ -257,6 +263,7 @@ class Pipeline:
                         failed[journal_id] = f"{type(error).__name__}: {error}"
                         continue
                     finished.append(done)
+                    batch.earlier.remember(done)
                     outcomes[journal_id] = Outcome(done.outcome)
                 if self._shared_journal:
                     journal.finish_many(session=session, finished=[_journal_finish(done) for done in finished])
@@ -276,16 +283,33 @@ class Pipeline:
         outcomes.update(dict.fromkeys(failed, Outcome.QUARANTINED))
         return outcomes
 
-    def _finish_isolated(
-        self, session: Session, work: Inbound, done_before: dict[int, ProcessedEntry]
-    ) -> ProcessedEntry:
-        with session.begin_nested():  # this entry alone is undone if it fails
-            return self._finish(session, work, done_before)
+    def _batch_lookups(self, session: Session, works: list[Inbound], ids: list[int]) -> _BatchLookups:
+        """What every entry of the batch asks the database, asked once for all of them."""
+        senders = [work.sender for work in works]
+        self._mail.expect_senders(session, senders)  # hourly counts of automatic mail
+        self._recorder.expect_senders(session, senders)  # their accounts
+        lookups = [
+            processed.Lookup(
+                raw_sha256=work.entry.raw_sha256,
+                message_id=None if work.parsed.message_id_synthesised else work.parsed.message_id,
+                sender=work.sender,
+            )
+            for work in works
+        ]
+        return _BatchLookups(
+            # Done before a crash that came between this commit and the journal's.
+            done_before=processed.get_many(session=session, journal_ids=ids),
+            earlier=processed.BatchEarlier(session=session, lookups=lookups),
+        )
 
-    def _finish(self, session: Session, inbound: Inbound, done_before: dict[int, ProcessedEntry]) -> ProcessedEntry:
-        done = done_before.get(inbound.entry.id or 0)
+    def _finish_isolated(self, session: Session, work: Inbound, batch: _BatchLookups) -> ProcessedEntry:
+        with session.begin_nested():  # this entry alone is undone if it fails
+            return self._finish(session, work, batch)
+
+    def _finish(self, session: Session, inbound: Inbound, batch: _BatchLookups) -> ProcessedEntry:
+        done = batch.done_before.get(inbound.entry.id or 0)
         if done is None:
-            done = self._handle(session, inbound)
+            done = self._handle(session, inbound, batch.earlier)
             processed.record_processed(session=session, entry=done)
         return done
 
@@ -333,7 +357,7 @@ class Pipeline:
 
     # --- the decisions -------------------------------------------------------------------------
 
-    def _handle(self, session: Session, inbound: Inbound) -> ProcessedEntry:
+    def _handle(self, session: Session, inbound: Inbound, batch_earlier: processed.BatchEarlier) -> ProcessedEntry:
         entry, parsed = inbound.entry, inbound.parsed
         message_id = None if parsed.message_id_synthesised else parsed.message_id
         finished = ProcessedEntry(
@@ -344,8 +368,7 @@ class Pipeline:
             sender=inbound.sender,
             content_digest=parsed.content_digest,
         )
-        earlier = processed.find_earlier(
-            session=session,
+        earlier = batch_earlier.find(
             raw_sha256=entry.raw_sha256,
             message_id=message_id,
             sender=inbound.sender,

@@ -21,10 +21,12 @@ from gateway.threads import ThreadDecision
 from gateway.trust.verdict import AutoReply, TrustVerdict
 from store import cases, directory
 from store.blobs import BlobStore
-from store.models import Attachment, Case, JournalEntry, SecurityEvent, utcnow
+from store.models import Account, Attachment, Case, JournalEntry, SecurityEvent, utcnow
+from store.rows import insert_row
 from store.states import CaseStatus, Direction, VerdictKind
 
 NO_SUBJECT = "(bez tematu)"
+_ACCOUNTS = "accounts_by_address"  # session.info: the batch's senders' accounts
 
 
 @dataclass(frozen=True)
@@ -63,29 +65,47 @@ class Recorder:
         self._blobs = blobs
         self._is_own_address = is_own_address
 
+    @staticmethod
+    def expect_senders(session: Session, senders: list[str]) -> None:
+        """A batch's senders, before its messages are processed: their accounts in one query."""
+        session.info[_ACCOUNTS] = directory.accounts_for_addresses(session=session, emails=senders)
+
+    @staticmethod
+    def _account_of(session: Session, address: str) -> Account | None:
+        known: dict[str, Account | None] = session.info.get(_ACCOUNTS, {})
+        if address.lower() in known:
+            return known[address.lower()]
+        return directory.account_for_address(session=session, email=address)
+
     def open_case(self, session: Session, inbound: Inbound, decision: ThreadDecision) -> Case:
         parsed = inbound.parsed
         account_id = inbound.panel.get("account")
         if account_id is None and parsed.from_address:
-            account = directory.account_for_address(session=session, email=parsed.from_address)
+            account = self._account_of(session, parsed.from_address)
             account_id = account.id if account is not None else None
         account = directory.get_account(session=session, account_id=account_id) if account_id else None
         now = utcnow()
-        case = Case(
-            number=cases.next_case_number(session=session, year=now.year),
-            subject=clean_subject(parsed.subject)[:1000] or NO_SUBJECT,
-            requester=parsed.from_address,
-            requester_name=parsed.from_name,
-            language=(account.language if account and account.language else self._settings.default_language),
-            category=inbound.panel.get("category"),
-            account_id=account_id,
-            service_id=inbound.panel.get("service"),
-            follows_case_id=decision.follows_case.id if decision.follows_case else None,
-            created_at=now,
-            updated_at=now,
+        # A Core insert, then the row as an ORM object (the pipeline goes on changing the case):
+        # cheaper than building a Case and flushing the session to learn its id.
+        case_id = insert_row(
+            session,
+            Case,
+            {
+                "number": cases.next_case_number(session=session, year=now.year),
+                "subject": clean_subject(parsed.subject)[:1000] or NO_SUBJECT,
+                "requester": parsed.from_address,
+                "requester_name": parsed.from_name,
+                "language": account.language if account and account.language else self._settings.default_language,
+                "category": inbound.panel.get("category"),
+                "account_id": account_id,
+                "service_id": inbound.panel.get("service"),
+                "follows_case_id": decision.follows_case.id if decision.follows_case else None,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
-        session.add(case)
-        session.flush()
+        case = session.get(Case, case_id)
+        assert case is not None, "inserted in this transaction"
         if decision.refused_case is not None:
             cases.record_security_event(
                 session=session,

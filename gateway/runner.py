@@ -83,6 +83,14 @@ class PipelineRunner:
             started = time.monotonic()
             outcomes = await asyncio.to_thread(self._pipeline.process_batch, batch, parse_next=following)
             took = time.monotonic() - started
+            log.debug(
+                "batch of %d in %.3f s (%d parsed ahead so far), %d waiting, lag %.2f s",
+                len(batch),
+                took,
+                self._pipeline.parse_pool.delivered,
+                len(self._waiting),
+                self.lag(),
+            )
             self.max_lag_seen = max(self.max_lag_seen, self.lag())
             left = [journal_id for journal_id in batch if journal_id not in outcomes]
             self._waiting.extendleft(reversed(left))  # still first in line

@@ -21,6 +21,24 @@ def account_for_address(*, session: Session, email: str) -> Account | None:
     return session.exec(statement).first()
 
 
+def accounts_for_addresses(*, session: Session, emails: Sequence[str]) -> dict[str, Account | None]:
+    """account_for_address for several addresses in one query (lower-case address -> account)."""
+    wanted = sorted({email.lower() for email in emails if email})
+    found: dict[str, Account | None] = dict.fromkeys(wanted)
+    if not wanted:
+        return found
+    statement = (
+        select(Contact.email, Account)
+        .join(Contact, col(Contact.account_id) == col(Account.id))
+        .where(col(Contact.email).in_(wanted))
+        .order_by(col(Account.id))
+    )
+    for email, account in session.exec(statement):
+        if found.get(email) is None:
+            found[email] = account
+    return found
+
+
 def is_account_contact(*, session: Session, account_id: str, email: str) -> bool:
     statement = select(Contact.id).where(Contact.account_id == account_id, Contact.email == email.lower())
     return session.exec(statement).first() is not None

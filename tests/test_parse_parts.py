@@ -182,3 +182,20 @@ def test_inline_pgp_block_is_left_intact() -> None:
     parsed = parse_message(raw)
     assert parsed.text == signed
     assert parsed.attachments == ()
+
+
+def test_each_header_value_is_parsed_once_and_the_cache_stays_bounded() -> None:
+    """gateway.parse.parts.POLICY parses a header value once for every read (issue 13: the email
+    package re-parsed Content-Type on each access); a stranger's mail cannot grow the cache."""
+    from gateway.parse import parts
+
+    first = parts.POLICY.header_fetch_parse("Content-Type", 'text/plain; charset="utf-8"')
+    again = parts.POLICY.header_fetch_parse("Content-Type", 'text/plain; charset="utf-8"')
+    assert first is again and first.params["charset"] == "utf-8"
+    assert parts.POLICY.header_fetch_parse("content-type", 'text/plain; charset="utf-8"').name == "content-type"
+    for index in range(parts._CACHED_HEADERS + 500):
+        parts.POLICY.header_fetch_parse("X-Junk", f"value {index}")
+    assert len(parts._PARSED_HEADERS) <= parts._CACHED_HEADERS
+    long_value = "x" * (parts._CACHED_VALUE_CHARS + 1)
+    parts.POLICY.header_fetch_parse("Subject", long_value)
+    assert ("Subject", long_value) not in parts._PARSED_HEADERS

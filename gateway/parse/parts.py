@@ -9,12 +9,41 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from email import policy as email_policy
 from email.message import Message
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from gateway.parse.charsets import guess
 
-POLICY = email_policy.default
+
+class _OnceParsingPolicy(email_policy.EmailPolicy):
+    """email.policy.default, parsing each distinct header value once.
+
+    The email package (3.11) builds a new header object every time a header is read: a part's
+    Content-Type is read half a dozen times while the tree is walked (maintype, params, charset,
+    filename...), and those parses were two thirds of parse_message's time. A header object is
+    immutable (a str with its parse result), so one parse serves every read, in this message and
+    the next ones (every message has a `text/plain; charset=utf-8`). Short values only, and a
+    bounded number of them: a long value is rarely seen twice, and a stranger's mail must not be
+    able to grow the cache.
+    """
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        if len(value) > _CACHED_VALUE_CHARS or not isinstance(value, str) or hasattr(value, "name"):
+            return super().header_fetch_parse(name, value)
+        key = (name, value)
+        parsed = _PARSED_HEADERS.get(key)
+        if parsed is None:
+            parsed = super().header_fetch_parse(name, value)
+            if len(_PARSED_HEADERS) >= _CACHED_HEADERS:
+                _PARSED_HEADERS.clear()
+            _PARSED_HEADERS[key] = parsed
+        return parsed
+
+
+_CACHED_VALUE_CHARS = 512
+_CACHED_HEADERS = 4096
+_PARSED_HEADERS: dict[tuple[str, str], Any] = {}
+POLICY = _OnceParsingPolicy()
 _T = TypeVar("_T")
 
 LINEBREAK_RE = re.compile(r"\r\n|\r|\n")
