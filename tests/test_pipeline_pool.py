@@ -54,7 +54,7 @@ def _slow_to_parse(sender: str) -> bytes:
         f"Content-Type: multipart/mixed; boundary={boundary}\r\n\r\n"
     )
     parts = "".join(
-        f"--{boundary}\r\nContent-Type: text/plain; charset=iso-8859-2; name=\"plik{index}.txt\"\r\n"
+        f'--{boundary}\r\nContent-Type: text/plain; charset=iso-8859-2; name="plik{index}.txt"\r\n'
         f"Content-Disposition: attachment; filename*=UTF-8''plik{index}%C5%BC.txt\r\n"
         f"Content-Description: =?iso-8859-2?q?opis_pliku_{index}_za=BF=F3=B3=E6_g=EA=B6l=B1?=\r\n"
         f"Content-ID: <plik{index}@klient.example>\r\n\r\n"
