@@ -19,7 +19,11 @@ is sampled throughout. Issue 13's target: two instances process at least 1.5x wh
 
 By default nothing is pinned: on a two-CPU machine the default pinning of the other benchmarks
 would put every instance on the one CPU the load generator leaves, and a second instance could
-not add any CPU (--pin does that anyway). Figures go to bench/out/cluster_throughput.json.
+not add any CPU (--pin does that anyway). Every instance is one process by default
+(--parse-workers 0): with its parse pool, one instance already keeps both CPUs of this machine
+busy, and N instances would be N pools competing for the same two CPUs, not N instances adding
+up; --parse-workers 1 measures them with their pools. Figures go to
+bench/out/cluster_throughput.json.
 """
 
 from __future__ import annotations
@@ -119,6 +123,7 @@ async def measure_cluster(
                 url,
                 GATEWAY_INSTANCE_NAME=f"bench-gw{number}",
                 GATEWAY_DNS_RESOLVER=dns,
+                GATEWAY_PIPELINE_PARSE_WORKERS=str(options.parse_workers),
                 **LOAD_GENERATOR_ALLOWANCE,
             )
             gateway = processes.enter_context(
@@ -330,6 +335,7 @@ class Options:
     cpu_plan: CpuPlan
     out: Path
     keep_tmp: bool
+    parse_workers: int
 
 
 def parse_options(argv: Sequence[str]) -> Options:
@@ -352,6 +358,13 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument(
         "--pin", action="store_true", help="pin the load generator to one CPU and every instance to the others"
     )
+    parser.add_argument(
+        "--parse-workers",
+        type=int,
+        default=0,
+        help="parse pool children per instance (%(default)s: every instance is one process, so that N "
+        "instances on this one machine are compared, not N pools competing for its CPUs)",
+    )
     add_run_options(parser, NAME, no_pin_help=None, keep_tmp_help="keep the gateways' working directories and logs")
     args = parser.parse_args(argv)
     instances = tuple(sorted({int(value) for value in args.instances.split(",")}))
@@ -366,6 +379,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         cpu_plan=plan_cpus(pin=args.pin),
         out=args.out,
         keep_tmp=args.keep_tmp,
+        parse_workers=args.parse_workers,
     )
 
 
@@ -408,6 +422,7 @@ def main(argv: Sequence[str] = ()) -> int:
         "size": SIZE,
         "deadline_per_run_s": options.deadline_s,
         "pinning": options.cpu_plan.describe(),
+        "parse_workers_per_instance": options.parse_workers,
     }
     write_report(console, options.out, NAME, settings, clock, sink=sink_row, clusters=clusters, scale=scale)
     return 0

@@ -194,6 +194,8 @@ class ParsePool:
                 with self._lock:
                     self._lost_locked(f"no result for journal entry {journal_id} in time", kill=True)
             return None
+        if future.cancelled():  # its chunk was overtaken by the pipeline for another entry of it
+            return None
         try:
             result = future.result(timeout=0)[index]
         except BrokenProcessPool as error:

@@ -48,34 +48,54 @@ async def _ingest_all(
     components = await asyncio.to_thread(Components.build, settings)
     intake = Intake(components.journal_engine, instance_name=f"{settings.instance_name}-ingest")
     meta = {"quiet": True} if quiet else {}
+    # The pool's children start (a new interpreter each) while the first files are journaled.
+    pool_started = asyncio.create_task(asyncio.to_thread(components.pipeline.parse_pool.start))
     with _progress(total) as advance:
-        batch: list[tuple[str, bytes]] = []
+        # Each chunk is journaled before the one before it is processed, so that the parse pool
+        # parses it while the pipeline works through the previous one.
+        previous: _Journaled | None = None
+        chunk: list[tuple[str, bytes]] = []
         for item in messages:
-            batch.append(item)
-            if len(batch) >= 32:
-                await _ingest_batch(components, intake, batch, meta, outcomes, advance)
-                batch = []
-        await _ingest_batch(components, intake, batch, meta, outcomes, advance)
+            chunk.append(item)
+            if len(chunk) >= INGEST_CHUNK:
+                journaled = await _journal(intake, chunk, meta)
+                await pool_started
+                if previous is not None:
+                    await _process(components, previous, outcomes, advance, parse_next=list(journaled))
+                previous, chunk = journaled, []
+        last = await _journal(intake, chunk, meta) if chunk else None
+        await pool_started
+        for ready, following in ((previous, last), (last, None)):
+            if ready is not None:
+                await _process(components, ready, outcomes, advance, parse_next=list(following or ()))
     components.dispose()
 
 
-async def _ingest_batch(
+INGEST_CHUNK = 50  # the pipeline's batch (pipeline_batch_max_entries' default)
+_Journaled = dict[int, str]  # journal id -> the file (and position) it came from
+
+
+async def _journal(intake: Intake, chunk: list[tuple[str, bytes]], meta: dict[str, Any]) -> _Journaled:
+    # Journaling the chunk concurrently shares one commit among its messages (group commit).
+    receipts = await asyncio.gather(*(intake.accept(raw, source="file", meta=meta) for _, raw in chunk))
+    return {receipt.journal_id: label for (label, _), receipt in zip(chunk, receipts, strict=True)}
+
+
+async def _process(
     components: Components,
-    intake: Intake,
-    batch: list[tuple[str, bytes]],
-    meta: dict[str, Any],
+    labels: _Journaled,
     outcomes: Counter[str],
     advance: Callable[[], None],
+    *,
+    parse_next: list[int],
 ) -> None:
-    # Journaling the batch concurrently shares one commit among its messages (group commit).
-    receipts = await asyncio.gather(*(intake.accept(raw, source="file", meta=meta) for _, raw in batch))
-    labels = {receipt.journal_id: label for (label, _), receipt in zip(batch, receipts, strict=True)}
-    # Processing them together shares a transaction (a savepoint each). Entries a batch budget left,
-    # and entries deferred because earlier mail of their thread was still pending, come back in the
-    # next round, in order; a round that settles nothing ends it (they stay pending for `serve`).
+    # Processing them together shares a transaction. Entries a batch budget left, and entries
+    # deferred because earlier mail of their thread was still pending, come back in the next
+    # round, in order; a round that settles nothing ends it (they stay pending for `serve`).
     pending = list(labels)
     while pending:
-        done = await asyncio.to_thread(components.pipeline.process_batch, pending)
+        done = await asyncio.to_thread(components.pipeline.process_batch, pending, parse_next=parse_next)
+        parse_next = []  # handed over once
         settled = {journal_id: outcome for journal_id, outcome in done.items() if outcome != Outcome.DEFERRED}
         if not settled:
             for journal_id in pending:
