@@ -4,8 +4,9 @@ Everything a message causes (its case, message and attachment rows, case changes
 journal entry marked done) is committed together or not at all. An error rolls it all back and the
 entry is quarantined with its reason, bytes intact, ready for `gateway quarantine retry`. A
 database that cannot be reached is not the message's fault: the entry stays pending for replay.
-Entries are processed in batches, one transaction each, every entry in a savepoint of its own: a
-commit and the ORM's overhead are shared, and an entry that fails is quarantined alone. Here live
+Entries are processed in batches, one transaction each, sharing a commit and the lookups every
+entry makes (asked once per batch); when an entry fails, the batch is rolled back and done again
+with a savepoint per entry, so the failing entry is quarantined alone. Here live
 the transaction, de-duplication, deferral and quarantine; gateway.runner feeds entries in; the
 rows are gateway.record's, staff replies gateway.staff's, the mail to send gateway.outbound.choose's.
 """
