@@ -162,8 +162,9 @@ class Settings(BaseSettings):
     # While mail arrives, processing gives way to acknowledging after each batch (never stops), until
     # the oldest waiting entry is this many seconds old; then it catches up at full speed.
     pipeline_max_lag_seconds: float = 5.0
-    # Journal entries processed in one transaction (each in a savepoint of its own): a commit and the
-    # ORM's overhead are shared; 50 keeps the write lock short and one failure cheap to isolate.
+    # Journal entries processed in one transaction: a commit and the lookups of every entry are
+    # shared; 50 keeps the write lock short and a failure cheap to isolate (the batch is redone with
+    # a savepoint per entry).
     pipeline_batch_max_entries: int = 50
     # Raw bytes of one batch (an entry larger than this goes alone): bounds the memory of parsed mail.
     pipeline_batch_max_bytes: int = 16 * 1024 * 1024
