@@ -73,8 +73,10 @@ async def test_a_poison_entry_inside_a_batch_is_quarantined_alone(components: Co
         # No gap: the poison entry's counter bump was rolled back with its savepoint.
         assert numbers == [1, 2, 3, 4]
     else:
-        # PostgreSQL draws numbers from a sequence, which no rollback takes back (store.cases).
-        assert numbers == sorted(set(numbers)) and numbers[:2] == [1, 2]
+        # PostgreSQL draws numbers from a sequence, which no rollback takes back (store.cases): the
+        # first pass over the batch, without savepoints, drew numbers before the poison entry
+        # failed and the batch was redone. Unique and in order, with gaps.
+        assert numbers == sorted(set(numbers))
     assert len([m for m in messages if m.direction == "inbound"]) == 4
     assert sorted(o.kind for o in outbox) == ["ack"] * 4 + ["notification"] * 4
 
