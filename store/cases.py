@@ -23,7 +23,7 @@ from store.models import (
     Participant,
     SecurityEvent,
 )
-from store.rows import insert_row, insert_rows
+from store.rows import insert_row, insert_rows, values_of
 
 
 def next_case_number(*, session: Session, year: int) -> str:
@@ -127,8 +127,7 @@ def add_message(*, session: Session, case: Case, values: dict[str, Any]) -> int:
 
 
 def add_attachment(*, session: Session, attachment: Attachment) -> None:
-    values = {name: getattr(attachment, name) for name in Attachment.model_fields if name != "id"}
-    attachment.id = insert_row(session, Attachment, values)
+    attachment.id = insert_row(session, Attachment, values_of(attachment))
 
 
 def record_security_event(*, session: Session, event: SecurityEvent) -> None:

@@ -21,21 +21,6 @@ def get_entry(*, session: Session, journal_id: int) -> JournalEntry | None:
     return session.get(JournalEntry, journal_id)
 
 
-def claim_pending(*, session: Session, journal_id: int) -> bool:
-    """Lock a pending entry for processing in this transaction; False if it is not ours to do.
-
-    On PostgreSQL an entry another instance is processing right now is skipped, not waited for;
-    SQLite has one writer at a time, so the status check alone decides. Only the id is read: the
-    caller has the raw bytes already, and reading a 60 MiB value again costs several times that.
-    """
-    statement = select(JournalEntry.id).where(
-        JournalEntry.id == journal_id, JournalEntry.status == JournalStatus.PENDING
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        statement = statement.with_for_update(skip_locked=True)
-    return session.exec(statement).first() is not None
-
-
 def claim_pending_batch(*, session: Session, journal_ids: Sequence[int]) -> set[int]:
     """Lock the pending entries among `journal_ids` for this transaction; returns the ones now ours.
 
@@ -83,22 +68,10 @@ def has_older_pending(*, session: Session, journal_id: int) -> bool:
     return session.exec(statement.limit(1)).first() is not None
 
 
-def begin_attempt(*, session: Session, journal_id: int) -> int | None:
-    """Count one more attempt at a pending entry, before it is processed; returns the count.
-
-    The caller commits this before it starts, so an attempt that kills the process is still on
-    record at the next start (None: the entry is not pending any more).
-    """
-    return session.execute(
-        update(JournalEntry)
-        .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == JournalStatus.PENDING)
-        .values(attempts=JournalEntry.attempts + 1)
-        .returning(col(JournalEntry.attempts))
-    ).scalar_one_or_none()
-
-
 def begin_attempts(*, session: Session, journal_ids: Sequence[int]) -> set[int]:
-    """`begin_attempt` for a whole batch in one statement; returns the ids that were still pending."""
+    """Count one more attempt at each pending entry, before it is processed; returns the ids that
+    were still pending. The caller commits this before it starts, so an attempt that kills the
+    process is still on record at the next start."""
     if not journal_ids:
         return set()
     statement = (
@@ -123,15 +96,6 @@ def undo_attempt(*, session: Session, journal_id: int) -> None:
     )
 
 
-def finish(*, session: Session, journal_id: int, status: JournalStatus, reason: str | None = None) -> None:
-    """Mark a pending entry done or duplicate (a no-op if it is not pending any more)."""
-    session.execute(
-        update(JournalEntry)
-        .where(col(JournalEntry.id) == journal_id, col(JournalEntry.status) == JournalStatus.PENDING)
-        .values(status=status, reason=None if reason is None else storable_text(reason), processed_at=utcnow())
-    )
-
-
 @dataclass(frozen=True)
 class Finished:
     journal_id: int
@@ -140,7 +104,8 @@ class Finished:
 
 
 def finish_many(*, session: Session, finished: Sequence[Finished]) -> None:
-    """`finish` for a whole batch: one statement executed with a parameter set per entry."""
+    """Mark pending entries done or duplicate (a no-op for one not pending any more): one statement,
+    a parameter set per entry."""
     if not finished:
         return
     statement = (

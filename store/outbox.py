@@ -15,14 +15,13 @@ from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from store.models import OutboxItem, utcnow
-from store.rows import insert_row
+from store.rows import insert_row, values_of
 
 
 def enqueue(*, session: Session, item: OutboxItem) -> OutboxItem:
     """Write `item` at once and return it with its id (not attached to the session: read the row
     again with get_item to change it)."""
-    values = {name: getattr(item, name) for name in OutboxItem.model_fields if name != "id"}
-    item.id = queue_row(session=session, values=values)
+    item.id = queue_row(session=session, values=values_of(item))
     return item
 
 

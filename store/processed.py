@@ -9,7 +9,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from store.models import ProcessedEntry
-from store.rows import insert_rows
+from store.rows import insert_rows, values_of
 from store.states import Outcome
 
 # Entries looked at under one Message-ID and sender: a mailer that reuses one ID for everything
@@ -37,39 +37,9 @@ def get_many(*, session: Session, journal_ids: Sequence[int]) -> dict[int, Proce
     return {entry.journal_id: entry for entry in session.exec(statement)}
 
 
-def find_earlier(
-    *, session: Session, raw_sha256: str, message_id: str | None, sender: str, content_digest: str
-) -> Earlier:
-    """The entry already processed (not itself a duplicate) that this message repeats: the same
-    raw bytes, or the same Message-ID from the same sender with the same content (an MTA retry
-    with other trace headers, an IMAP re-fetch, one mailbox fed over SMTP and IMAP). Rows older
-    than content digests match by Message-ID and sender alone, as they always did."""
-    statement = select(ProcessedEntry).where(
-        ProcessedEntry.raw_sha256 == raw_sha256, ProcessedEntry.outcome == Outcome.DONE
-    )
-    found = session.exec(statement.limit(1)).first()
-    if found is not None or not message_id:
-        return Earlier(original=found)
-    statement = (
-        select(ProcessedEntry)
-        .where(
-            ProcessedEntry.message_id == message_id,
-            ProcessedEntry.sender == sender,
-            ProcessedEntry.outcome == Outcome.DONE,
-        )
-        .order_by(col(ProcessedEntry.journal_id))
-        .limit(_SAME_ID_LIMIT)
-    )
-    same_id = session.exec(statement).all()
-    for entry in same_id:
-        if entry.content_digest is None or entry.content_digest == content_digest:
-            return Earlier(original=entry)
-    return Earlier(original=None, id_reused_by=same_id[0] if same_id else None)
-
-
 @dataclass(frozen=True)
 class Lookup:
-    """What find_earlier compares: one message of a batch."""
+    """What a message is compared by: its raw bytes, and its Message-ID from its sender."""
 
     raw_sha256: str
     message_id: str | None
@@ -77,9 +47,12 @@ class Lookup:
 
 
 class BatchEarlier:
-    """`find_earlier` for a whole batch: the database is asked once for all of its messages (two
-    queries instead of two per message), and the entries the batch finishes are remembered as it
-    goes, so a duplicate inside the batch is found as well. Same answers as find_earlier."""
+    """The entries already processed (not themselves duplicates) that a batch's messages repeat:
+    the same raw bytes, or the same Message-ID from the same sender with the same content (an MTA
+    retry with other trace headers, an IMAP re-fetch, one mailbox fed over SMTP and IMAP). Rows
+    older than content digests match by Message-ID and sender alone. The database is asked once
+    for the whole batch, and the entries the batch finishes are remembered as it goes, so a
+    duplicate inside the batch is found as well."""
 
     def __init__(self, *, session: Session, lookups: Sequence[Lookup]) -> None:
         self._by_raw: dict[str, ProcessedEntry] = {}
@@ -140,4 +113,4 @@ class BatchEarlier:
 
 def record_processed(*, session: Session, entry: ProcessedEntry) -> None:
     """Write the row at once (a Core INSERT): the next entry of the batch may be its duplicate."""
-    insert_rows(session, ProcessedEntry, [{name: getattr(entry, name) for name in ProcessedEntry.model_fields}])
+    insert_rows(session, ProcessedEntry, [values_of(entry)])

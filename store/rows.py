@@ -83,6 +83,11 @@ def _row(spec: _TableInserts, model: type[SQLModel], values: dict[str, Any]) -> 
     return row
 
 
+def values_of(row: SQLModel) -> dict[str, Any]:
+    """The column values of a model object built elsewhere, to insert it from here."""
+    return {name: getattr(row, name) for name in type(row).model_fields if name != "id"}
+
+
 def insert_row(session: Session, model: type[SQLModel], values: dict[str, Any]) -> int:
     """Insert one row of `model` in the session's transaction; returns its id."""
     spec = _inserts(model)
