@@ -30,6 +30,10 @@ DEFER_SECONDS = 0.5  # how soon a deferred entry is tried again
 # no-op sink; with 2 they fell to 29-35% once batches got cheaper and came more often), and it
 # catches up at full speed once the senders pause or the lag reaches max_lag.
 GIVE_WAY = 4.0
+# ...but never longer than this: a batch that took long because it waited (a database outage holds
+# a write for the whole busy timeout, 60 s) used no interpreter, and four times that would leave the
+# backlog untouched for minutes after the database came back.
+MAX_GIVE_WAY_SECONDS = 2.0
 
 
 class PipelineRunner:
@@ -106,7 +110,7 @@ class PipelineRunner:
             if self._waiting and self.arriving() and self.lag() < self._max_lag:
                 # Mail is arriving: acknowledging goes first. Giving way GIVE_WAY times as long as
                 # the batch took leaves it most of the interpreter, and processing still never stops.
-                await asyncio.sleep(took * GIVE_WAY)
+                await asyncio.sleep(min(took * GIVE_WAY, MAX_GIVE_WAY_SECONDS))
 
     def _caught_up(self, now: float) -> None:
         if self._busy_since is not None and self.processed:
