@@ -40,6 +40,7 @@ from store import journal, outbox, processed
 from store.blobs import BlobStore
 from store.db import reading, transaction
 from store.models import JournalEntry, ProcessedEntry, utcnow
+from store.rows import LaterRows
 from store.states import Direction, JournalStatus, Outcome, VerdictKind
 from store.text import storable_value
 
@@ -235,6 +236,9 @@ class Pipeline:
             # No autoflush: the rows an entry adds go in at once (store.rows) and queries find the
             # cases it changed in the session; the changes to cases are written together at commit.
             with transaction(self._engine) as session, session.no_autoflush:
+                # Outbox rows, the case messages that carry them and processed records: one INSERT
+                # per table for the batch (store.rows.LaterRows).
+                later = LaterRows.begin(session)
                 ids = [work.entry.id or 0 for work in works]
                 # PostgreSQL: rows another instance is processing right now are skipped, not awaited.
                 claimed = (
@@ -266,6 +270,12 @@ class Pipeline:
                     finished.append(done)
                     batch.earlier.remember(done)
                     outcomes[journal_id] = Outcome(done.outcome)
+                try:
+                    later.flush(session)  # isolated: each entry's went in with it
+                except OperationalError:
+                    raise
+                except Exception as error:  # some entry's row, which one is not known: each alone
+                    raise _EntryFailed(None) from error
                 if self._shared_journal:
                     journal.finish_many(session=session, finished=[_journal_finish(done) for done in finished])
                     for journal_id, reason in failed.items():
@@ -305,7 +315,11 @@ class Pipeline:
 
     def _finish_isolated(self, session: Session, work: Inbound, batch: _BatchLookups) -> ProcessedEntry:
         with session.begin_nested():  # this entry alone is undone if it fails
-            return self._finish(session, work, batch)
+            done = self._finish(session, work, batch)
+            later = LaterRows.of(session)
+            if later is not None:
+                later.flush(session)  # inside the savepoint: its rows fail with it
+            return done
 
     def _finish(self, session: Session, inbound: Inbound, batch: _BatchLookups) -> ProcessedEntry:
         done = batch.done_before.get(inbound.entry.id or 0)

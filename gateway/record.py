@@ -22,7 +22,7 @@ from gateway.trust.verdict import AutoReply, TrustVerdict
 from store import cases, directory
 from store.blobs import BlobStore
 from store.models import Account, Attachment, Case, JournalEntry, SecurityEvent, utcnow
-from store.rows import insert_row
+from store.rows import insert_object
 from store.states import CaseStatus, Direction, VerdictKind
 
 NO_SUBJECT = "(bez tematu)"
@@ -86,8 +86,8 @@ class Recorder:
         account = directory.get_account(session=session, account_id=account_id) if account_id else None
         now = utcnow()
         # A Core insert, then the row as an ORM object (the pipeline goes on changing the case):
-        # cheaper than building a Case and flushing the session to learn its id.
-        case_id = insert_row(
+        # cheaper than flushing the session to learn its id, or loading it back.
+        case = insert_object(
             session,
             Case,
             {
@@ -104,8 +104,6 @@ class Recorder:
                 "updated_at": now,
             },
         )
-        case = session.get(Case, case_id)
-        assert case is not None, "inserted in this transaction"
         if decision.refused_case is not None:
             cases.record_security_event(
                 session=session,

@@ -23,7 +23,7 @@ from store.models import (
     Participant,
     SecurityEvent,
 )
-from store.rows import insert_row, insert_rows, values_of
+from store.rows import LaterRows, insert_row, insert_rows, values_of
 
 
 def next_case_number(*, session: Session, year: int) -> str:
@@ -75,7 +75,30 @@ def get_case(*, session: Session, case_id: int) -> Case | None:
 
 
 def get_case_by_number(*, session: Session, number: str) -> Case | None:
-    return session.exec(select(Case).where(Case.number == number)).first()
+    return session.exec(_CASE_BY_NUMBER, params={"number": number}).first()
+
+
+# The threading path's queries, built once like _SQLITE_NEXT_NUMBER: every message asks some of
+# them, and building a statement (construction, its cache key) cost about as much as running it.
+_CASE_BY_NUMBER = select(Case).where(Case.number == bindparam("number"))
+# Rows a batch writes later (store.rows.LaterRows) are of mail not sent yet: no message can refer
+# to their Message-IDs (unguessable) before they leave, so these need not wait for them.
+_CASES_OF_MESSAGES = (
+    select(Message.message_id, Message.case_id)
+    .where(col(Message.message_id).in_(bindparam("message_ids", expanding=True)))
+    .execution_options(**LaterRows.NOT_NEEDED)
+)
+_CASES_OF_OUTBOX_ROWS = (
+    select(OutboxItem.message_id, OutboxItem.case_id)
+    .where(col(OutboxItem.message_id).in_(bindparam("message_ids", expanding=True)))
+    .execution_options(**LaterRows.NOT_NEEDED)
+)
+_IS_PARTICIPANT = select(Participant.id).where(
+    Participant.case_id == bindparam("case_id"), Participant.email == bindparam("email")
+)
+_KNOWN_PARTICIPANTS = select(Participant.email).where(
+    Participant.case_id == bindparam("case_id"), col(Participant.email).in_(bindparam("emails", expanding=True))
+)
 
 
 def find_case_by_message_ids(*, session: Session, message_ids: Sequence[str]) -> Case | None:
@@ -83,14 +106,12 @@ def find_case_by_message_ids(*, session: Session, message_ids: Sequence[str]) ->
     wanted = [mid for mid in message_ids if mid][-50:]  # References can be absurdly long
     if not wanted:
         return None
-    rows = session.exec(select(Message.message_id, Message.case_id).where(col(Message.message_id).in_(wanted))).all()
+    rows = session.exec(_CASES_OF_MESSAGES, params={"message_ids": wanted}).all()
     case_by_message_id: dict[str, int | None] = {message_id: case_id for message_id, case_id in rows}
     # Staff notifications are outbox rows only (not case messages), yet staff reply to them.
     unseen = [mid for mid in wanted if mid not in case_by_message_id]
     if unseen:
-        outgoing = session.exec(
-            select(OutboxItem.message_id, OutboxItem.case_id).where(col(OutboxItem.message_id).in_(unseen))
-        ).all()
+        outgoing = session.exec(_CASES_OF_OUTBOX_ROWS, params={"message_ids": unseen}).all()
         case_by_message_id.update({message_id: case_id for message_id, case_id in outgoing})
     for message_id in reversed(wanted):
         case_id = case_by_message_id.get(message_id)
@@ -100,8 +121,7 @@ def find_case_by_message_ids(*, session: Session, message_ids: Sequence[str]) ->
 
 
 def is_participant(*, session: Session, case_id: int, email: str) -> bool:
-    statement = select(Participant.id).where(Participant.case_id == case_id, Participant.email == email)
-    return session.exec(statement).first() is not None
+    return session.exec(_IS_PARTICIPANT, params={"case_id": case_id, "email": email}).first() is not None
 
 
 def add_participants(*, session: Session, case_id: int, emails: Iterable[str], new_case: bool = False) -> None:
@@ -112,8 +132,7 @@ def add_participants(*, session: Session, case_id: int, emails: Iterable[str], n
         return
     known: set[str] = set()
     if not new_case:
-        statement = select(Participant.email).where(Participant.case_id == case_id, col(Participant.email).in_(wanted))
-        known = set(session.exec(statement).all())
+        known = set(session.exec(_KNOWN_PARTICIPANTS, params={"case_id": case_id, "emails": sorted(wanted)}).all())
     insert_rows(session, Participant, [{"case_id": case_id, "email": email} for email in sorted(wanted - known)])
 
 
@@ -124,6 +143,15 @@ def add_message(*, session: Session, case: Case, values: dict[str, Any]) -> int:
     case.message_count += 1  # written with the case's other changes at the next flush
     session.add(case)
     return message_id
+
+
+def message_later(*, session: Session, case: Case, values: dict[str, Any]) -> dict[str, Any]:
+    """The values of a message of `case` that the caller inserts later (store.rows.LaterRows),
+    counted now."""
+    assert case.id is not None, "the case is flushed before its messages"
+    case.message_count += 1
+    session.add(case)
+    return {**values, "case_id": case.id}
 
 
 def add_attachment(*, session: Session, attachment: Attachment) -> None:

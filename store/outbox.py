@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
-from store.models import OutboxItem, utcnow
-from store.rows import insert_row, values_of
+from store.models import Message, OutboxItem, utcnow
+from store.rows import Dependent, add_later, insert_row, values_of
 
 
 def enqueue(*, session: Session, item: OutboxItem) -> OutboxItem:
@@ -32,6 +32,15 @@ def queue_row(*, session: Session, values: dict[str, Any]) -> int:
     if values.get("automatic"):
         AutomaticCounts.of(session).queued(str(values["recipient"]))
     return outbox_id
+
+
+def queue_row_later(*, session: Session, values: dict[str, Any], carried_by: dict[str, Any] | None) -> None:
+    """`queue_row` at the end of the batch (store.rows.add_later); `carried_by` is the case message
+    (Message values) that refers to the row, inserted after it with its id as `outbox_id`."""
+    dependents = [] if carried_by is None else [Dependent(Message, carried_by, "outbox_id")]
+    add_later(session, OutboxItem, values, dependents=dependents, key="message_id")
+    if values.get("automatic"):
+        AutomaticCounts.of(session).queued(str(values["recipient"]))
 
 
 def claim_due(*, session: Session, instance: str, lease: timedelta, limit: int = 20) -> Sequence[OutboxItem]:

@@ -9,7 +9,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from store.models import ProcessedEntry
-from store.rows import insert_rows, values_of
+from store.rows import add_later, values_of
 from store.states import Outcome
 
 # Entries looked at under one Message-ID and sender: a mailer that reuses one ID for everything
@@ -112,5 +112,6 @@ class BatchEarlier:
 
 
 def record_processed(*, session: Session, entry: ProcessedEntry) -> None:
-    """Write the row at once (a Core INSERT): the next entry of the batch may be its duplicate."""
-    insert_rows(session, ProcessedEntry, [values_of(entry)])
+    """Write the row (at the end of the batch with store.rows.LaterRows: the batch's later entries
+    find it in `BatchEarlier.remember`, other transactions only once it is committed anyway)."""
+    add_later(session, ProcessedEntry, values_of(entry))

@@ -14,13 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from pydantic_core import PydanticUndefined
-from sqlalchemy import Insert, insert
+from sqlalchemy import Insert, event, insert
+from sqlalchemy.orm import ORMExecuteState, make_transient_to_detached
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, SQLModel
 
 from store.text import storable_text, storable_value
+
+_Model = TypeVar("_Model", bound=SQLModel)
 
 
 @dataclass(frozen=True)
@@ -96,9 +100,155 @@ def insert_row(session: Session, model: type[SQLModel], values: dict[str, Any]) 
     return int(session.connection().execute(spec.returning_id, _row(spec, model, values)).scalar_one())
 
 
+def insert_object(session: Session, model: type[_Model], values: dict[str, Any]) -> _Model:
+    """Insert one row of `model` and return it as a persistent ORM object of the session, for a
+    caller that goes on changing it: no SELECT to load it back (the object is built from the
+    values inserted; `make_transient_to_detached` makes them its loaded state, so only what
+    changes later is written at the next flush)."""
+    spec = _inserts(model)
+    row = _row(spec, model, values)
+    if spec.returning_id is None:
+        raise TypeError(f"{model.__name__} has no generated id")
+    row_id = int(session.connection().execute(spec.returning_id, row).scalar_one())
+    instance = model(**row, id=row_id)
+    make_transient_to_detached(instance)
+    session.add(instance)
+    return instance
+
+
 def insert_rows(session: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]]) -> None:
     """Insert several rows of `model` in one statement (their ids are not needed)."""
     if not rows:
         return
     spec = _inserts(model)
     session.connection().execute(spec.plain, [_row(spec, model, values) for values in rows])
+
+
+# --- rows written at the end of a batch --------------------------------------------------------
+
+_LATER_KEY = "store.rows.later"
+
+
+@dataclass(frozen=True)
+class Dependent:
+    """A row that refers to another row written later: `column` takes that row's id."""
+
+    model: type[SQLModel]
+    values: dict[str, Any]
+    column: str
+
+
+@dataclass(frozen=True)
+class _LaterRow:
+    model: type[SQLModel]
+    values: dict[str, Any]
+    dependents: tuple[Dependent, ...]
+    key: str | None  # a unique column of the row, to tell which id the database gave it
+
+
+class LaterRows:
+    """Rows that nothing in the transaction reads back, inserted together: one INSERT per table for
+    a whole batch instead of one per row. The pipeline writes its outbox rows, the case messages
+    that carry them and its processed-entry records this way; a statement costs more than the
+    row it carries (about 0.2 ms through SQLAlchemy on SQLite, a round trip on PostgreSQL).
+
+    Nothing is lost or read stale for it: the rows go in before the transaction commits (a
+    `before_commit` hook, whoever forgets to flush), and before any ORM query that selects from
+    one of their tables (a `do_orm_execute` hook, as the ORM's own autoflush does). A query that
+    cannot need them says so with `LaterRows.NOT_NEEDED` (the threading lookup: nothing can refer
+    yet to the Message-ID of a mail that has not been sent). The pipeline flushes them itself at
+    the end of a batch, or of each entry's savepoint, so that a failure stays with its entry."""
+
+    NOT_NEEDED: ClassVar[dict[str, bool]] = {"later_rows_not_needed": True}  # a query's execution options
+
+    def __init__(self) -> None:
+        self._rows: list[_LaterRow] = []
+        self._tables: set[type[SQLModel]] = set()  # of the rows waiting: what a query is checked against
+
+    @classmethod
+    def begin(cls, session: Session) -> LaterRows:
+        """Rows added through `add_later` in this session wait for the end of the batch from now on."""
+        later = session.info[_LATER_KEY] = cls()
+        return later
+
+    @staticmethod
+    def of(session: Session) -> LaterRows | None:
+        later = session.info.get(_LATER_KEY)
+        return later if isinstance(later, LaterRows) else None
+
+    def add(self, row: _LaterRow) -> None:
+        self._rows.append(row)
+        self._tables.add(row.model)
+        self._tables.update(dependent.model for dependent in row.dependents)
+
+    def waiting_for(self, models: set[type[Any]]) -> bool:
+        return not self._tables.isdisjoint(models)
+
+    def flush(self, session: Session) -> None:
+        rows, self._rows = self._rows, []
+        self._tables.clear()
+        if not rows:
+            return
+        connection = session.connection()
+        dependents: dict[type[SQLModel], list[dict[str, Any]]] = {}
+        for model in dict.fromkeys(row.model for row in rows):  # tables in the order first added
+            of_model = [row for row in rows if row.model is model]
+            spec = _inserts(model)
+            prepared = [_row(spec, model, row.values) for row in of_model]
+            keyed = [row for row in of_model if row.dependents]
+            if not keyed:
+                connection.execute(spec.plain, prepared)
+                continue
+            key = keyed[0].key
+            if key is None or spec.returning_id is None or any(row.key != key for row in keyed):
+                raise TypeError(f"{model.__name__} rows with dependents need one unique key column and an id")
+            # One multi-row INSERT ... RETURNING (insertmanyvalues). SQLite does not promise the
+            # order of RETURNING rows (asking SQLAlchemy to sort them makes it insert row by row),
+            # so each id is matched to its row by the unique key.
+            table = spec.plain.table
+            returned = connection.execute(spec.plain.returning(table.c.id, table.c[key]), prepared).all()
+            id_of = {row_key: row_id for row_id, row_key in returned}
+            for row, inserted in zip(of_model, prepared, strict=True):
+                for dependent in row.dependents:
+                    refers = {**dependent.values, dependent.column: id_of[inserted[key]]}
+                    dependents.setdefault(dependent.model, []).append(refers)
+        for dependent_model, dependent_rows in dependents.items():
+            insert_rows(session, dependent_model, dependent_rows)
+
+
+def add_later(
+    session: Session,
+    model: type[SQLModel],
+    values: dict[str, Any],
+    *,
+    dependents: Sequence[Dependent] = (),
+    key: str | None = None,
+) -> None:
+    """Insert a row at the end of the batch when the session has `LaterRows`, else now. A row with
+    `dependents` names its unique `key` column (see LaterRows.flush)."""
+    later = LaterRows.of(session)
+    if later is not None:
+        later.add(_LaterRow(model, values, tuple(dependents), key))
+        return
+    if not dependents:
+        insert_rows(session, model, [values])
+        return
+    row_id = insert_row(session, model, values)
+    for dependent in dependents:
+        insert_rows(session, dependent.model, [{**dependent.values, dependent.column: row_id}])
+
+
+@event.listens_for(OrmSession, "do_orm_execute")
+def _flush_before_reading(state: ORMExecuteState) -> None:
+    later = LaterRows.of(state.session)  # type: ignore[arg-type]
+    if later is None or not state.is_select or state.execution_options.get("later_rows_not_needed"):
+        return
+    if later.waiting_for({mapper.class_ for mapper in state.all_mappers}):
+        later.flush(state.session)  # type: ignore[arg-type]
+
+
+@event.listens_for(OrmSession, "before_commit")
+def _flush_before_commit(session: OrmSession) -> None:
+    later = LaterRows.of(session)  # type: ignore[arg-type]
+    if later is not None:
+        later.flush(session)  # type: ignore[arg-type]

@@ -14,8 +14,9 @@ from sqlmodel import col, select
 
 from gateway.app import Components
 from gateway.intake import Intake
+from gateway.outbound.replies import Outgoing, Replies
 from gateway.settings import Settings
-from store.db import reading
+from store.db import reading, transaction
 from store.models import Case, JournalEntry, Message, OutboxItem
 from store.states import Outcome
 from tests.helpers import BACKEND, SUPPORT, authenticated, make_mail
@@ -107,3 +108,52 @@ async def test_a_reply_and_its_parent_in_one_batch_land_in_one_case(components: 
     # Processing the same entries again (a replay after a crash) changes nothing.
     assert components.pipeline.process_batch(ids) == dict.fromkeys(ids, Outcome.SKIPPED)
     assert [len(rows) for rows in _rows(components)] == [len(cases), len(messages), len(outbox)]
+
+
+async def test_a_row_written_at_the_end_of_the_batch_that_fails_stays_with_its_entry(
+    components: Components, monkeypatch: pytest.MonkeyPatch
+):
+    """Outbox rows go in together at the end of the batch (store.rows.LaterRows), when it is no
+    longer known whose row failed: the batch is redone with a savepoint per entry, and only the
+    entry whose row fails is quarantined. The failure is a Message-ID that collides with an
+    outbox row already there: real ones come from `secrets`, so the test forces one."""
+    senders = [f"klient{n}@klient.example" for n in range(4)]
+    poisoned = senders[1]
+    with transaction(components.engine) as session:
+        taken = OutboxItem(
+            kind="notification",
+            automatic=True,
+            mail_from="bounces@example.test",
+            recipient="staff@example.test",
+            message_id="taken@example.test",
+            raw=b"x",
+        )
+        session.add(taken)
+    real_rows = Replies._rows
+
+    def colliding_rows(self: Replies, *, session: Any, case: Any, mail: Outgoing) -> Any:
+        rows = real_rows(self, session=session, case=case, mail=mail)
+        if rows is not None and mail.kind == "ack" and mail.recipient == poisoned:
+            rows[0]["message_id"] = "taken@example.test"
+        return rows
+
+    monkeypatch.setattr(Replies, "_rows", colliding_rows)
+    ids = await _journal(
+        components,
+        [
+            (authenticated(make_mail(sender=s, subject=f"Sprawa {n}")).as_bytes(), _envelope(s))
+            for n, s in enumerate(senders)
+        ],
+    )
+
+    outcomes = components.pipeline.process_batch(ids)
+
+    assert outcomes == {i: Outcome.QUARANTINED if i == ids[1] else Outcome.DONE for i in ids}
+    cases, messages, outbox = _rows(components)
+    assert [c.requester for c in cases] == [s for s in senders if s != poisoned]
+    acks = [o for o in outbox if o.kind == "ack"]
+    assert sorted(o.recipient for o in acks) == sorted(s for s in senders if s != poisoned)
+    # Each case's acknowledgement is carried by a message of that case that names its outbox row.
+    carried = {m.outbox_id: m for m in messages if m.direction == "outbound"}
+    assert sorted(carried) == sorted(o.id for o in acks)
+    assert all(carried[o.id].case_id == o.case_id and carried[o.id].message_id == o.message_id for o in acks)

@@ -117,7 +117,7 @@ class MailChoice:
             return  # gateway.trust.gate.judge: spam, a failed sender, the policy or the global cap
         if inbound.auto_reply == AutoReply.NUMBER_ONLY:
             kind, context = number_only(kind, context)  # nothing of an unproven sender's goes back
-        self._replies.queue(
+        self._replies.queue_later(
             session=session,
             case=case,
             mail=Outgoing(
@@ -135,7 +135,7 @@ class MailChoice:
     ) -> None:
         parsed = inbound.parsed
         forwarded = self.forwardable(parsed.attachments)
-        self._replies.queue(
+        self._replies.queue_later(
             session=session,
             case=case,
             mail=Outgoing(

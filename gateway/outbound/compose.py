@@ -22,6 +22,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import formataddr
+from functools import lru_cache
 from urllib.parse import quote
 
 _FOLD_AT = 78  # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
@@ -69,6 +70,11 @@ _WORD_START, _WORD_END = "=?utf-8?q?", "?="
 _WORD_MAX = 75  # RFC 2047 §2: an encoded-word is at most 75 characters
 
 
+@lru_cache(maxsize=4096)  # a subject repeats few distinct characters; the cache spares a join per byte
+def _q_encoded(char: str) -> str:
+    return "".join(_Q_BYTE[byte] for byte in char.encode("utf-8"))
+
+
 def encoded_text(value: str, *, header_name: str = "Subject") -> str:
     """An unstructured header value (Subject): leading ASCII words as they are, the rest as UTF-8
     "Q" encoded-words (Polish stays mostly readable), folded between words, a character never
@@ -88,7 +94,7 @@ def encoded_text(value: str, *, header_name: str = "Subject") -> str:
         words.append(ascii_prefix.rstrip(" "))  # the ASCII words alone on the first line
         ascii_prefix = ""
     for char in rest:
-        encoded = "".join(_Q_BYTE[byte] for byte in char.encode("utf-8"))
+        encoded = _q_encoded(char)
         if current and len(current) + len(encoded) > budget:
             words.append(_WORD_START + current + _WORD_END)
             current, budget = "", room

@@ -114,6 +114,34 @@ class Replies:
         """Render `mail` and commit it to the outbox in the caller's transaction; returns the
         outbox row's id. Automatic mail beyond the per-sender hourly limit is not queued (None).
         """
+        rows = self._rows(session=session, case=case, mail=mail)
+        if rows is None:
+            return None
+        outbox_values, message_values = rows
+        outbox_id = outbox.queue_row(session=session, values=outbox_values)
+        if message_values is not None:
+            cases.add_message(session=session, case=case, values={**message_values, "outbox_id": outbox_id})
+        return outbox_id
+
+    def queue_later(self, *, session: Session, case: Case, mail: Outgoing) -> bool:
+        """`queue`, for a caller that needs no id: with `store.rows.LaterRows` in the session, the
+        rows go in with the rest of the batch's. Returns whether the mail was queued."""
+        rows = self._rows(session=session, case=case, mail=mail)
+        if rows is None:
+            return False
+        outbox_values, message_values = rows
+        # The case message that carries it refers to the outbox row by id, so it goes in after it.
+        carried_by = (
+            None if message_values is None else cases.message_later(session=session, case=case, values=message_values)
+        )
+        outbox.queue_row_later(session=session, values=outbox_values, carried_by=carried_by)
+        return True
+
+    def _rows(
+        self, *, session: Session, case: Case, mail: Outgoing
+    ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+        """The outbox row of `mail` and, unless it goes to staff, the case message that carries it
+        (without its outbox_id); None over the hourly limit."""
         if mail.automatic and not mail.to_staff and self._over_hourly_limit(session, mail.recipient):
             return None
         rendered = self._templates.render(mail.kind, language=case.language, context=self._context(case, mail))
@@ -126,46 +154,38 @@ class Replies:
             attachments=[self._stored(session, attachment) for attachment in mail.attachments],
         )
         now = utcnow()
-        outbox_id = outbox.queue_row(
-            session=session,
-            values={
-                "case_id": case.id,
-                "kind": mail.kind,
-                "automatic": mail.automatic,
-                # VERP: a report that comes back to this address and names this Message-ID is
-                # a bounce of ours; any other multipart/report is just untrusted mail.
-                "mail_from": self._addresses.for_bounce(message_id=message_id),
-                "recipient": mail.recipient.lower(),
-                "message_id": message_id,
-                "raw": raw,
-                "created_at": now,
-                "next_attempt_at": now,
-            },
-        )
-        if not mail.to_staff:
-            cases.add_message(
-                session=session,
-                case=case,
-                values={
-                    "direction": "outbound",
-                    "source": mail.source,
-                    "message_id": message_id,
-                    "sender": self._settings.support_address.lower(),
-                    "from_header": f"{self._settings.support_name} <{self._settings.support_address}>",
-                    "to_header": mail.recipient,
-                    "subject": subject,
-                    "date": now,
-                    "text": rendered.text,
-                    "html": rendered.html,
-                    "auto_generated": mail.automatic,
-                    "raw_sha256": hashlib.sha256(raw).hexdigest(),
-                    "outbox_id": outbox_id,
-                    "delivery_status": "queued",
-                    "received_at": now,
-                    "created_at": now,
-                },
-            )
-        return outbox_id
+        outbox_values = {
+            "case_id": case.id,
+            "kind": mail.kind,
+            "automatic": mail.automatic,
+            # VERP: a report that comes back to this address and names this Message-ID is
+            # a bounce of ours; any other multipart/report is just untrusted mail.
+            "mail_from": self._addresses.for_bounce(message_id=message_id),
+            "recipient": mail.recipient.lower(),
+            "message_id": message_id,
+            "raw": raw,
+            "created_at": now,
+            "next_attempt_at": now,
+        }
+        if mail.to_staff:
+            return outbox_values, None
+        return outbox_values, {
+            "direction": "outbound",
+            "source": mail.source,
+            "message_id": message_id,
+            "sender": self._settings.support_address.lower(),
+            "from_header": f"{self._settings.support_name} <{self._settings.support_address}>",
+            "to_header": mail.recipient,
+            "subject": subject,
+            "date": now,
+            "text": rendered.text,
+            "html": rendered.html,
+            "auto_generated": mail.automatic,
+            "raw_sha256": hashlib.sha256(raw).hexdigest(),
+            "delivery_status": "queued",
+            "received_at": now,
+            "created_at": now,
+        }
 
     def _over_hourly_limit(self, session: Session, recipient: str) -> bool:
         sent = outbox.AutomaticCounts.of(session).to(recipient)
