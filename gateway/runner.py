@@ -2,8 +2,8 @@
 
 Acknowledging is what senders wait for, and the pipeline competes with it for the one
 interpreter. Processing does not wait for mail to stop arriving: it runs all the time, and while
-mail arrives it gives way after each batch for four times as long as the batch took, so acknowledging
-keeps four fifths of the interpreter (parsing, the CPU-heavy step that needs no database, runs in
+mail arrives it gives way after each batch for five times as long as the batch took, so acknowledging
+keeps five sixths of the interpreter (parsing, the CPU-heavy step that needs no database, runs in
 the parse pool's processes meanwhile, at a lower priority). Once the oldest waiting entry is `max_lag` seconds old it stops
 giving way until it has caught up. Entries the pipeline left for later (a batch budget) go back to
 the front of the line; deferred ones are offered again shortly. The lag (the age of the oldest
@@ -25,13 +25,14 @@ from store.states import Outcome
 log = logging.getLogger(__name__)
 
 DEFER_SECONDS = 0.5  # how soon a deferred entry is tried again
-# While mail arrives, the pause after a batch, in multiples of the time the batch took: 4 keeps
-# processing to a fifth of the interpreter then (bench/sustained.py: acknowledgements >= 40% of a
-# no-op sink; with 2 they fell to 29-35% once batches got cheaper and came more often), and it
-# catches up at full speed once the senders pause or the lag reaches max_lag.
-GIVE_WAY = 4.0
+# While mail arrives, the pause after a batch, in multiples of the time the batch took: 5 keeps
+# processing to a sixth of the interpreter then (bench/sustained.py: acknowledgements >= 40% of a
+# no-op sink; with 2 they fell to 29-35% once batches got cheaper and came more often, with 4 to
+# 37-40% once the outbox rows went in per batch), and it catches up at full speed once the
+# senders pause or the lag reaches max_lag.
+GIVE_WAY = 5.0
 # ...but never longer than this: a batch that took long because it waited (a database outage holds
-# a write for the whole busy timeout, 60 s) used no interpreter, and four times that would leave the
+# a write for the whole busy timeout, 60 s) used no interpreter, and five times that would leave the
 # backlog untouched for minutes after the database came back.
 MAX_GIVE_WAY_SECONDS = 2.0
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_
+from sqlalchemy import bindparam, func, or_, update
 from sqlmodel import Session, col, select
 
 from store.models import Message, OutboxItem, utcnow
@@ -83,6 +83,33 @@ def next_due_at(*, session: Session) -> datetime | None:
 
 def get_item(*, session: Session, item_id: int) -> OutboxItem | None:
     return session.get(OutboxItem, item_id)
+
+
+def mark_sent(*, session: Session, item_id: int) -> bool:
+    """Record that the relay accepted row `item_id` (and its case message's delivery status);
+    False when it was recorded already. Two UPDATEs and no SELECT: the outbox worker does this
+    for every mail, and loading the row (with its raw message) cost more than sending it."""
+    marked = session.connection().execute(_MARK_SENT, {"item_id": item_id, "now": utcnow()}).rowcount
+    if marked:
+        session.connection().execute(_DELIVERY_STATUS, {"item_id": item_id, "status": "sent"})
+    return bool(marked)
+
+
+# Built once (see store.cases._SQLITE_NEXT_NUMBER).
+_MARK_SENT = (
+    update(OutboxItem)
+    .where(col(OutboxItem.id) == bindparam("item_id"), col(OutboxItem.status) != "sent")
+    .values(
+        status="sent",
+        sent_at=bindparam("now"),
+        attempts=col(OutboxItem.attempts) + 1,
+        claimed_by=None,
+        claimed_until=None,
+    )
+)
+_DELIVERY_STATUS = (
+    update(Message).where(col(Message.outbox_id) == bindparam("item_id")).values(delivery_status=bindparam("status"))
+)
 
 
 def find_by_message_id(*, session: Session, message_id: str) -> OutboxItem | None:

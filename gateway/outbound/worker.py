@@ -146,15 +146,11 @@ class OutboxWorker:
             await asyncio.to_thread(self._record_sent, item.id or 0)
 
     def _record_sent(self, item_id: int) -> None:
+        # Accepted by the relay: true even if another instance reclaimed the row meanwhile.
         with transaction(self._engine) as session:
-            item = outbox.get_item(session=session, item_id=item_id)
-            if item is None or item.status == "sent":
-                return  # accepted by the relay: true even if another instance reclaimed the row
-            item.status, item.sent_at, item.attempts = "sent", utcnow(), item.attempts + 1
-            item.claimed_by = item.claimed_until = None
-            session.add(item)
-            cases.mark_outbound_delivery(session=session, outbox_id=item_id, status="sent")
-        OUTBOX.labels(result="sent").inc()
+            marked = outbox.mark_sent(session=session, item_id=item_id)
+        if marked:
+            OUTBOX.labels(result="sent").inc()
 
     def _ours(self, item: OutboxItem | None) -> bool:
         """Whether this instance still holds the row. A failed attempt must not overwrite what
