@@ -29,6 +29,7 @@ from gateway.runner import PipelineRunner
 from gateway.settings import Settings
 from store import db
 from store.blobs import BlobStore, make_blob_store
+from store.locks import Presence
 from store.secrets import get_or_create_secret, get_or_set_value
 
 if TYPE_CHECKING:
@@ -133,6 +134,7 @@ class Gateway:
         self.runner: PipelineRunner | None = None
         self.outbox: OutboxWorker | None = None
         self.intake: Intake | None = None
+        self._presence: Presence | None = None
 
     async def start(self) -> None:
         # Imported here, not at the top: the CLI's other commands use Components and should not
@@ -144,6 +146,9 @@ class Gateway:
         settings = self.settings
         components = await asyncio.to_thread(Components.build, settings)
         self.components = components
+        # Held while this process runs: other instances leave what this one acknowledged to it.
+        self._presence = Presence(components.journal_engine, settings.instance_name)
+        await asyncio.to_thread(self._presence.start)
         relay = relay_for(settings)
         self.outbox = OutboxWorker(engine=components.engine, settings=settings, relay=relay, replies=components.replies)
         self.runner = PipelineRunner(
@@ -160,7 +165,12 @@ class Gateway:
         self._spawn(self.outbox.run(), "outbox")
         # Whatever was acknowledged before a crash and not processed yet goes first.
         self.runner.submit(
-            await asyncio.to_thread(pending_journal_ids, components.journal_engine, older_than_seconds=0)
+            await asyncio.to_thread(
+                pending_journal_ids,
+                components.journal_engine,
+                older_than_seconds=0,
+                instance_name=settings.instance_name,
+            )
         )
         self.pollers = self._build_pollers()
         for poller in self.pollers:
@@ -180,6 +190,7 @@ class Gateway:
             replies=components.replies,
             submit=self.runner.submit,
             wake_outbox=self.outbox.wake,
+            presence=self._presence,
         )
         self._scheduler.start()
         log.info(
@@ -301,6 +312,8 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._presence is not None:
+            self._presence.close()
         if self.components is not None:
             self.components.dispose()
             log.info("gateway stopped")

@@ -20,17 +20,23 @@ from gateway.retention import purge
 from gateway.settings import Settings
 from store import journal
 from store.db import reading, transaction
-from store.locks import cluster_lock
+from store.locks import Presence, cluster_lock, live_instances
 from store.models import Case, utcnow
 from store.states import CaseStatus
 
 log = logging.getLogger(__name__)
 
 
-def pending_journal_ids(engine: Engine, *, older_than_seconds: float) -> list[int]:
+def pending_journal_ids(engine: Engine, *, older_than_seconds: float, instance_name: str) -> list[int]:
+    """Pending entries this instance should take: its own, and those of instances no longer running
+    (store.locks.Presence). A live instance's entries wait in its own queue: taking them too would
+    make both prepare them, and their attempts counted twice would send them one at a time."""
     with reading(engine) as session:
         before = utcnow() - timedelta(seconds=older_than_seconds)
-        return list(journal.pending_ids(session=session, received_before=before))
+        pending = journal.pending_ids(session=session, received_before=before)
+        others = {by for _, by in pending if by != instance_name}
+        alive = live_instances(session.connection(), others) if others else set()
+    return [journal_id for journal_id, by in pending if by not in alive]
 
 
 def auto_close(engine: Engine, *, settings: Settings, replies: Replies) -> int:
@@ -75,11 +81,16 @@ def build_scheduler(
     replies: Replies,
     submit: Callable[[list[int]], None],
     wake_outbox: Callable[[], None],
+    presence: Presence | None = None,
 ) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone="UTC")
 
     async def replay() -> None:
-        ids = await asyncio.to_thread(pending_journal_ids, journal_engine, older_than_seconds=10)
+        if presence is not None:
+            await asyncio.to_thread(presence.renew)
+        ids = await asyncio.to_thread(
+            pending_journal_ids, journal_engine, older_than_seconds=10, instance_name=settings.instance_name
+        )
         if ids:
             log.info("replaying %d pending journal entries", len(ids))
             submit(ids)

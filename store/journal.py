@@ -136,11 +136,14 @@ def quarantine(*, session: Session, journal_id: int, reason: str) -> None:
     )
 
 
-def pending_ids(*, session: Session, received_before: datetime | None = None, limit: int = 500) -> Sequence[int]:
-    statement = select(JournalEntry.id).where(JournalEntry.status == JournalStatus.PENDING)
+def pending_ids(
+    *, session: Session, received_before: datetime | None = None, limit: int = 500
+) -> list[tuple[int, str]]:
+    """(id, received_by) of pending entries, oldest first."""
+    statement = select(JournalEntry.id, JournalEntry.received_by).where(JournalEntry.status == JournalStatus.PENDING)
     if received_before is not None:
         statement = statement.where(JournalEntry.received_at < received_before)
-    return [id_ for id_ in session.exec(statement.order_by(col(JournalEntry.id)).limit(limit)) if id_]
+    return [(id_, by) for id_, by in session.exec(statement.order_by(col(JournalEntry.id)).limit(limit)) if id_]
 
 
 def list_quarantined(*, session: Session) -> Sequence[JournalEntry]:

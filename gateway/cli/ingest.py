@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from gateway.app import Components
     from gateway.intake import Intake
+    from store.locks import Presence
 
 
 def ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -46,7 +47,11 @@ async def _ingest_all(
     from gateway.intake import Intake
 
     components = await asyncio.to_thread(Components.build, settings)
-    intake = Intake(components.journal_engine, instance_name=f"{settings.instance_name}-ingest")
+    name = f"{settings.instance_name}-ingest"
+    intake = Intake(components.journal_engine, instance_name=name)
+    # Running `serve` instances leave what this command journals to it while it runs.
+    presence = Presence(components.journal_engine, name)
+    await asyncio.to_thread(presence.start)
     meta = {"quiet": True} if quiet else {}
     # The pool's children start (a new interpreter each) while the first files are journaled.
     pool_started = asyncio.create_task(asyncio.to_thread(components.pipeline.parse_pool.start))
@@ -68,6 +73,7 @@ async def _ingest_all(
         for ready, following in ((previous, last), (last, None)):
             if ready is not None:
                 await _process(components, ready, outcomes, advance, parse_next=list(following or ()))
+    presence.close()
     components.dispose()
 
 
