@@ -14,8 +14,10 @@ the instances acknowledge, the journal is watched read-only (bench/backlog.py): 
 acknowledgement the benchmark waits (at most --drain-timeout) until no entry is pending and reads
 when the last one was finished. "processed msg/s" is entries finished (warm-up messages included)
 over the time from the first connection to that moment; the lag (age of the oldest pending entry)
-is sampled throughout. Issue 13's target: two instances process at least 1.5x what one does
-(three are reported as well), same run.
+is sampled throughout, and so is how busy the machine's CPUs were from the first connection to
+the drain (/proc/stat): the instances, the database server and the load generator share them, so
+once one instance keeps them busy a second has nothing left to add. Issue 13's target: two
+instances process at least 1.5x what one does (three are reported as well), same run.
 
 By default nothing is pinned: on a two-CPU machine the default pinning of the other benchmarks
 would put every instance on the one CPU the load generator leaves, and a second instance could
@@ -85,6 +87,23 @@ class ClusterRun:
     max_lag_s: float
     lag_at_last_ack_s: float
     startup_s: float
+    machine_busy: float | None  # share of all CPUs busy from the first connection to drained
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot (Linux /proc/stat), None elsewhere."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _busy_between(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
 
     @property
     def processed_s(self) -> float | None:
@@ -139,6 +158,8 @@ async def measure_cluster(
             ports.append(smtp_port)
         startup_s = time.perf_counter() - started
         origin = time.time()
+        # How busy the machine's CPUs were tells whether one more instance had any room to add.
+        cpu_before = _cpu_times()
         watch = JournalWatch(url, origin=origin)
         try:
             stop = asyncio.Event()
@@ -157,6 +178,7 @@ async def measure_cluster(
             at_last_ack = await asyncio.to_thread(watch.sample)
             watch.samples.append(at_last_ack)
             drain_s = await watch.wait_drained(options.drain_timeout_s, interval_s=options.sample_interval_s)
+            machine_busy = _busy_between(cpu_before, _cpu_times())
             totals = await asyncio.to_thread(watch.totals)
         finally:
             watch.dispose()
@@ -170,6 +192,7 @@ async def measure_cluster(
             max_lag_s=watch.max_lag_s(),
             lag_at_last_ack_s=at_last_ack.lag_s,
             startup_s=startup_s,
+            machine_busy=machine_busy,
         )
 
 
@@ -248,6 +271,7 @@ def cluster_figures(run: ClusterRun, sink: RunResult) -> dict[str, Any]:
         "processed_vs_sink": None if processed is None else rounded(ratio_or_nan(processed, sink.msg_per_s), 4),
         "max_lag_s": round(run.max_lag_s, 2),
         "lag_at_last_ack_s": round(run.lag_at_last_ack_s, 2),
+        "machine_cpu_busy": None if run.machine_busy is None else round(run.machine_busy, 3),
     }
 
 
@@ -291,6 +315,7 @@ def render(sink: dict[str, Any], clusters: Sequence[dict[str, Any]], messages: i
         "drained after s",
         "processed msg/s",
         "max lag s",
+        "CPUs busy",
     ):
         table.add_column(name, justify="left" if name == "target" else "right")
     for row in (sink, *clusters):
@@ -307,6 +332,7 @@ def render(sink: dict[str, Any], clusters: Sequence[dict[str, Any]], messages: i
             "" if is_sink else ("not within limit" if row["drain_s"] is None else f"{row['drain_s']:.1f}"),
             "" if is_sink or row["processed_msg_per_s"] is None else f"{row['processed_msg_per_s']:,.1f}",
             "" if is_sink else f"{row['max_lag_s']:.1f}",
+            "" if is_sink or row.get("machine_cpu_busy") is None else f"{100 * row['machine_cpu_busy']:.0f}%",
         )
     return table
 

@@ -8,10 +8,11 @@ DataError, a too-long value a StringDataRightTruncation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func
+from sqlalchemy import Engine, event, func
 from sqlmodel import Session, SQLModel, select
 
 from store import db
@@ -19,54 +20,52 @@ from store.models import Case, Message, OutboxItem, Participant, utcnow
 from store.rows import Dependent, LaterRows, add_later, insert_object, insert_row, insert_rows
 
 
-def test_values_are_made_storable_and_defaults_filled(database_url: str) -> None:
-    engine = db.make_engine(database_url)
-    db.upgrade(engine)
-    try:
-        with db.transaction(engine) as session:
-            case = Case(number="2026-000001", requester="jan@example.pl", subject="s")
-            session.add(case)
-            session.flush()
-            message_id = insert_row(
-                session,
-                Message,
-                {
-                    "case_id": case.id,
-                    "direction": "inbound",
-                    "source": "smtp",
-                    "message_id": "nul\x00@example.pl",
-                    "sender": "x" * 400,  # VARCHAR(320)
-                    "text": "Dzie\u0144 dobry\x00, lone \udc8a surrogate",
-                    "defects": ["a\x00b"],
-                    "trust": {"summary": "c\x00d"},
-                },
-            )
-            insert_rows(session, Participant, [{"case_id": case.id, "email": "a@example.pl"}])
-        with db.reading(engine) as session:
-            stored = session.get(Message, message_id)
-            assert stored is not None
-            assert stored.message_id == "nul@example.pl"
-            assert stored.sender == "x" * 320
-            assert stored.text == "Dzie\u0144 dobry, lone \ufffd surrogate"
-            assert stored.defects == ["ab"]
-            assert stored.trust == {"summary": "cd"}
-            # Defaults of the model: created_at from its factory, html None, auto_generated False.
-            assert stored.html is None and stored.auto_generated is False
-            assert abs((utcnow() - stored.created_at).total_seconds()) < 60
-    finally:
-        engine.dispose()
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    migrated = db.make_engine(database_url)
+    db.upgrade(migrated)
+    yield migrated
+    migrated.dispose()
 
 
-def test_a_value_without_a_column_or_a_required_column_missing_is_an_error(database_url: str) -> None:
-    engine = db.make_engine(database_url)
-    db.upgrade(engine)
-    try:
-        with pytest.raises(TypeError, match="no column"), db.transaction(engine) as session:
-            insert_row(session, Participant, {"case_id": 1, "email": "a@example.pl", "nonsense": 1})
-        with pytest.raises(TypeError, match="no default"), db.transaction(engine) as session:
-            insert_row(session, Participant, {"email": "a@example.pl"})
-    finally:
-        engine.dispose()
+def test_values_are_made_storable_and_defaults_filled(engine: Engine) -> None:
+    with db.transaction(engine) as session:
+        case = Case(number="2026-000001", requester="jan@example.pl", subject="s")
+        session.add(case)
+        session.flush()
+        message_id = insert_row(
+            session,
+            Message,
+            {
+                "case_id": case.id,
+                "direction": "inbound",
+                "source": "smtp",
+                "message_id": "nul\x00@example.pl",
+                "sender": "x" * 400,  # VARCHAR(320)
+                "text": "Dzie\u0144 dobry\x00, lone \udc8a surrogate",
+                "defects": ["a\x00b"],
+                "trust": {"summary": "c\x00d"},
+            },
+        )
+        insert_rows(session, Participant, [{"case_id": case.id, "email": "a@example.pl"}])
+    with db.reading(engine) as session:
+        stored = session.get(Message, message_id)
+        assert stored is not None
+        assert stored.message_id == "nul@example.pl"
+        assert stored.sender == "x" * 320
+        assert stored.text == "Dzie\u0144 dobry, lone \ufffd surrogate"
+        assert stored.defects == ["ab"]
+        assert stored.trust == {"summary": "cd"}
+        # Defaults of the model: created_at from its factory, html None, auto_generated False.
+        assert stored.html is None and stored.auto_generated is False
+        assert abs((utcnow() - stored.created_at).total_seconds()) < 60
+
+
+def test_a_value_without_a_column_or_a_required_column_missing_is_an_error(engine: Engine) -> None:
+    with pytest.raises(TypeError, match="no column"), db.transaction(engine) as session:
+        insert_row(session, Participant, {"case_id": 1, "email": "a@example.pl", "nonsense": 1})
+    with pytest.raises(TypeError, match="no default"), db.transaction(engine) as session:
+        insert_row(session, Participant, {"email": "a@example.pl"})
 
 
 def _case(session: Session, number: str = "2026-000001") -> Case:
@@ -97,73 +96,58 @@ def _count(session: Session, model: type[SQLModel]) -> int:
     return int(session.connection().execute(select(func.count()).select_from(model)).scalar_one())
 
 
-def test_later_rows_go_in_together_and_carry_their_parents_ids(database_url: str) -> None:
-    engine = db.make_engine(database_url)
-    db.upgrade(engine)
-    try:
-        with db.transaction(engine) as session:
-            case = _case(session)
-            assert case.id is not None
-            later = LaterRows.begin(session)
-            names = [f"m{n}@example.test" for n in range(5)]
-            for name in names:
-                add_later(
-                    session,
-                    OutboxItem,
-                    _outbox_values(case.id, name),
-                    dependents=[Dependent(Message, _message_values(case.id, name), "outbox_id")],
-                    key="message_id",
-                )
-            statements: list[str] = []
-            event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-            # Nothing written yet: a query that does not need them leaves them waiting...
-            assert _count(session, OutboxItem) == 0
-            untouched = session.exec(select(Case.id).execution_options(**LaterRows.NOT_NEEDED)).all()
-            assert untouched == [case.id] and _count(session, Message) == 0
-            # ...an ORM query of their tables has them go in first, as the ORM's autoflush would.
-            carried = session.exec(select(Message.message_id, Message.outbox_id)).all()
-            outbox_ids = dict(session.exec(select(OutboxItem.message_id, OutboxItem.id)).all())
-            assert sorted(carried) == sorted((name, outbox_ids[name]) for name in names)
-            inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
-            assert len(inserts) == 2, inserts  # one per table for the five pairs
-            later.flush(session)  # nothing left: a no-op
-        with db.reading(engine) as session:
-            assert len(session.exec(select(Message)).all()) == 5
-    finally:
-        engine.dispose()
-
-
-def test_later_rows_nobody_flushed_go_in_at_commit(database_url: str) -> None:
-    engine = db.make_engine(database_url)
-    db.upgrade(engine)
-    try:
-        with db.transaction(engine) as session:
-            case_id = _case(session).id
-            assert case_id is not None
-            LaterRows.begin(session)
-            add_later(session, Participant, {"case_id": case_id, "email": "a@example.pl"})
-            assert _count(session, Participant) == 0
-        with db.reading(engine) as session:
-            assert session.exec(select(Participant.email)).all() == ["a@example.pl"]
-    finally:
-        engine.dispose()
-
-
-def test_insert_object_is_persistent_without_loading_it_back(database_url: str) -> None:
-    engine = db.make_engine(database_url)
-    db.upgrade(engine)
-    try:
+def test_later_rows_go_in_together_and_carry_their_parents_ids(engine: Engine) -> None:
+    with db.transaction(engine) as session:
+        case = _case(session)
+        assert case.id is not None
+        later = LaterRows.begin(session)
+        names = [f"m{n}@example.test" for n in range(5)]
+        for name in names:
+            add_later(
+                session,
+                OutboxItem,
+                _outbox_values(case.id, name),
+                dependents=[Dependent(Message, _message_values(case.id, name), "outbox_id")],
+                key="message_id",
+            )
         statements: list[str] = []
         event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-        with db.transaction(engine) as session:
-            case = _case(session, "2026-000007")
-            assert session.get(Case, case.id) is case  # in the identity map
-            case.message_count += 1
-        assert not [s for s in statements if s.lstrip().upper().startswith("SELECT")], statements
-        updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
-        assert len(updates) == 1 and "message_count" in updates[0] and "subject" not in updates[0]
-        with db.reading(engine) as session:
-            stored = session.exec(select(Case).where(Case.number == "2026-000007")).one()
-            assert (stored.message_count, stored.requester, stored.language) == (1, "jan@example.pl", "pl")
-    finally:
-        engine.dispose()
+        # Nothing written yet: a query that does not need them leaves them waiting...
+        assert _count(session, OutboxItem) == 0
+        untouched = session.exec(select(Case.id).execution_options(**LaterRows.NOT_NEEDED)).all()
+        assert untouched == [case.id] and _count(session, Message) == 0
+        # ...an ORM query of their tables has them go in first, as the ORM's autoflush would.
+        carried = session.exec(select(Message.message_id, Message.outbox_id)).all()
+        outbox_ids = dict(session.exec(select(OutboxItem.message_id, OutboxItem.id)).all())
+        assert sorted(carried) == sorted((name, outbox_ids[name]) for name in names)
+        inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
+        assert len(inserts) == 2, inserts  # one per table for the five pairs
+        later.flush(session)  # nothing left: a no-op
+    with db.reading(engine) as session:
+        assert len(session.exec(select(Message)).all()) == 5
+
+
+def test_later_rows_nobody_flushed_go_in_at_commit(engine: Engine) -> None:
+    with db.transaction(engine) as session:
+        case_id = _case(session).id
+        assert case_id is not None
+        LaterRows.begin(session)
+        add_later(session, Participant, {"case_id": case_id, "email": "a@example.pl"})
+        assert _count(session, Participant) == 0
+    with db.reading(engine) as session:
+        assert session.exec(select(Participant.email)).all() == ["a@example.pl"]
+
+
+def test_insert_object_is_persistent_without_loading_it_back(engine: Engine) -> None:
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with db.transaction(engine) as session:
+        case = _case(session, "2026-000007")
+        assert session.get(Case, case.id) is case  # in the identity map
+        case.message_count += 1
+    assert not [s for s in statements if s.lstrip().upper().startswith("SELECT")], statements
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
+    assert len(updates) == 1 and "message_count" in updates[0] and "subject" not in updates[0]
+    with db.reading(engine) as session:
+        stored = session.exec(select(Case).where(Case.number == "2026-000007")).one()
+        assert (stored.message_count, stored.requester, stored.language) == (1, "jan@example.pl", "pl")
