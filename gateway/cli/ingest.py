@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
     from gateway.app import Components
     from gateway.intake import Intake
-    from store.locks import Presence
 
 
 def ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -45,6 +44,7 @@ async def _ingest_all(
 ) -> None:
     from gateway.app import Components
     from gateway.intake import Intake
+    from store.locks import Presence
 
     components = await asyncio.to_thread(Components.build, settings)
     name = f"{settings.instance_name}-ingest"
