@@ -89,6 +89,18 @@ class ClusterRun:
     startup_s: float
     machine_busy: float | None  # share of all CPUs busy from the first connection to drained
 
+    @property
+    def processed_s(self) -> float | None:
+        """From the first connection to the last journal entry finished; None if it never drained."""
+        if self.drain_s is None or self.totals.last_processed_epoch is None:
+            return None
+        return self.totals.last_processed_epoch - self.origin
+
+    @property
+    def processed_msg_per_s(self) -> float | None:
+        elapsed = self.processed_s
+        return self.totals.finished / elapsed if elapsed else None
+
 
 def _cpu_times() -> tuple[int, int] | None:
     """(busy, total) jiffies of all CPUs since boot (Linux /proc/stat), None elsewhere."""
@@ -104,18 +116,6 @@ def _busy_between(before: tuple[int, int] | None, after: tuple[int, int] | None)
     if before is None or after is None or after[1] <= before[1]:
         return None
     return (after[0] - before[0]) / (after[1] - before[1])
-
-    @property
-    def processed_s(self) -> float | None:
-        """From the first connection to the last journal entry finished; None if it never drained."""
-        if self.drain_s is None or self.totals.last_processed_epoch is None:
-            return None
-        return self.totals.last_processed_epoch - self.origin
-
-    @property
-    def processed_msg_per_s(self) -> float | None:
-        elapsed = self.processed_s
-        return self.totals.finished / elapsed if elapsed else None
 
 
 async def start_sink(stack: AsyncExitStack, tmp: Path, cpus: frozenset[int] | None) -> int:
