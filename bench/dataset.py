@@ -197,7 +197,7 @@ class SqliteEncoder:
 
     def __init__(self) -> None:
         dialect = sqlite_dialect.dialect()
-        time_type = Case.__table__.c.updated_at.type
+        time_type = Case.metadata.tables[str(Case.__tablename__)].c.updated_at.type
         self._time = time_type.dialect_impl(dialect).bind_processor(dialect)
 
     def time(self, value: datetime) -> Any:

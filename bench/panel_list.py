@@ -289,8 +289,8 @@ def main(argv: Sequence[str] = ()) -> int:
             f"{verdict_markup(result['verdict'])}: {result['backend']} p99 {result['list']['p99_ms']} ms "
             f"(target: at most {TARGET_P99_MS:g} ms); healthz p99 {result['healthz']['p99_ms']} ms"
         )
-        for error in result["errors"]:
-            console.print(f"[red]{result['backend']}:[/red] {error}", highlight=False)
+        for problem in result["errors"]:
+            console.print(f"[red]{result['backend']}:[/red] {problem}", highlight=False)
     for note in notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     clock.print_footer(console, options.cpu_plan.describe())

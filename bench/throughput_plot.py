@@ -36,7 +36,7 @@ POSTGRESQL_JSON = OUT_DIR / "smtp_throughput_postgresql.json"
 OWN_SQLITE_JSON = OUT_DIR / "smtp_throughput_sqlite_for_plot.json"
 FRESH_FOR = dt.timedelta(hours=1)
 CONCURRENCIES = (1, 8, 32)
-STYLE = {  # (backend, target) -> line style
+STYLE: dict[tuple[str, str], dict[str, Any]] = {  # (backend, target) -> line style
     ("sqlite", "gateway"): {"color": "tab:blue", "marker": "o", "linestyle": "-"},
     ("postgresql", "gateway"): {"color": "tab:orange", "marker": "s", "linestyle": "-"},
     ("sqlite", "sink"): {"color": "tab:blue", "marker": "o", "linestyle": ":", "alpha": 0.6},
