@@ -6,7 +6,9 @@ session to learn one id. The pipeline writes five to eight rows per message, so 
 changes again (messages, attachments, participants, processed entries, outbox rows) go in here:
 the model's defaults filled in, every value made storable by the same rules as the before-flush
 hook (store.text: no NUL, no lone surrogate, VARCHAR cut to its length), one compiled INSERT per
-table. Rows the pipeline goes on changing (the case) stay ORM objects.
+table. Rows the pipeline goes on changing (the case) stay ORM objects, inserted the same way and
+made persistent without being read back (`insert_object`). Rows nothing in the batch reads back
+wait for the end of the batch and go in one statement per table (`LaterRows`).
 """
 
 from __future__ import annotations
