@@ -13,6 +13,7 @@ from typing import Protocol
 
 from sqlmodel import Session
 
+from store.durable import write_file
 from store.models import Blob
 
 
@@ -25,7 +26,8 @@ class BlobStore(Protocol):
 
 
 class DiskBlobStore:
-    """Files at ROOT/ab/cd/<sha256>, written to a temporary name, fsynced, then renamed."""
+    """Files at ROOT/ab/cd/<sha256>, written to a temporary name, fsynced, renamed, and the
+    directory fsynced (store.durable): the row that names one is committed right after."""
 
     def __init__(self, root: Path) -> None:
         self._root = root
@@ -38,13 +40,7 @@ class DiskBlobStore:
         path = self._path(sha256)
         if path.exists():
             return sha256  # identical contents share storage
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{sha256}.{os.getpid()}.tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        write_file(path, content, temporary=path.with_name(f".{sha256}.{os.getpid()}.tmp"))
         return sha256
 
     def get(self, *, session: Session, sha256: str) -> bytes | None:

@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlparse
 import aiosmtplib
 
 from gateway.settings import Settings
+from store.durable import make_directories, write_file
 
 # aiosmtplib's timeout bounds each step of a conversation (connect, EHLO, STARTTLS, EHLO, AUTH, MAIL,
 # RCPT, DATA, RSET); a whole attempt is bounded as well, so that it always ends before the outbox
@@ -93,17 +94,14 @@ class MaildirRelay:
 
     def _deliver(self, raw: bytes, key: str) -> None:
         for folder in ("tmp", "new", "cur"):
-            (self._root / folder).mkdir(parents=True, exist_ok=True)
+            make_directories(self._root / folder)
         # One file per outbox row: delivering the same row again overwrites, never duplicates.
         name = f"{key}.{socket.gethostname().replace('/', '_')}"
         if (self._root / "new" / name).exists() or (self._root / "cur" / f"{name}:2,").exists():
             return
         temporary = self._root / "tmp" / f"{name}.{os.getpid()}.{time.monotonic_ns()}"
-        with open(temporary, "wb") as handle:
-            handle.write(raw.replace(b"\r\n", b"\n"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self._root / "new" / name)
+        # Durable before the row is marked sent (store.durable: the rename fsynced too).
+        write_file(self._root / "new" / name, raw.replace(b"\r\n", b"\n"), temporary=temporary)
 
 
 # --- SMTP ------------------------------------------------------------------------------------------
