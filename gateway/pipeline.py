@@ -252,7 +252,7 @@ class Pipeline:
                         continue
                     try:
                         done = (
-                            self._finish_isolated(session, work, batch)
+                            self._finish_isolated(session, work, batch, later)
                             if isolated
                             else self._finish(session, work, batch)
                         )
@@ -313,12 +313,12 @@ class Pipeline:
             earlier=processed.BatchEarlier(session=session, lookups=lookups),
         )
 
-    def _finish_isolated(self, session: Session, work: Inbound, batch: _BatchLookups) -> ProcessedEntry:
+    def _finish_isolated(
+        self, session: Session, work: Inbound, batch: _BatchLookups, later: LaterRows
+    ) -> ProcessedEntry:
         with session.begin_nested():  # this entry alone is undone if it fails
             done = self._finish(session, work, batch)
-            later = LaterRows.of(session)
-            if later is not None:
-                later.flush(session)  # inside the savepoint: its rows fail with it
+            later.flush(session)  # inside the savepoint: its rows fail with it
             return done
 
     def _finish(self, session: Session, inbound: Inbound, batch: _BatchLookups) -> ProcessedEntry:

@@ -139,17 +139,14 @@ def add_participants(*, session: Session, case_id: int, emails: Iterable[str], n
 def add_message(*, session: Session, case: Case, values: dict[str, Any]) -> int:
     """Insert a message of `case` (columns of Message as values) and count it; returns its id."""
     assert case.id is not None, "the case is flushed before its messages"
-    message_id = insert_row(session, Message, {**values, "case_id": case.id})
-    case.message_count += 1  # written with the case's other changes at the next flush
-    session.add(case)
-    return message_id
+    return insert_row(session, Message, message_later(session=session, case=case, values=values))
 
 
 def message_later(*, session: Session, case: Case, values: dict[str, Any]) -> dict[str, Any]:
-    """The values of a message of `case` that the caller inserts later (store.rows.LaterRows),
-    counted now."""
+    """The values of a message of `case`, for the caller to insert (now, or later with
+    store.rows.LaterRows); counted now."""
     assert case.id is not None, "the case is flushed before its messages"
-    case.message_count += 1
+    case.message_count += 1  # written with the case's other changes at the next flush
     session.add(case)
     return {**values, "case_id": case.id}
 
@@ -189,4 +186,10 @@ def count_cases(*, session: Session) -> int:
 
 
 def mark_outbound_delivery(*, session: Session, outbox_id: int, status: str) -> None:
-    session.execute(update(Message).where(col(Message.outbox_id) == outbox_id).values(delivery_status=status))
+    session.connection().execute(_DELIVERY_STATUS, {"row_id": outbox_id, "new_status": status})
+
+
+# Built once (see _SQLITE_NEXT_NUMBER): the outbox worker sets it for every mail it sends.
+_DELIVERY_STATUS = (
+    update(Message).where(col(Message.outbox_id) == bindparam("row_id")).values(delivery_status=bindparam("new_status"))
+)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, or_, update
 from sqlmodel import Session, col, select
 
+from store import cases
 from store.models import Message, OutboxItem, utcnow
 from store.rows import Dependent, add_later, insert_row, values_of
 
@@ -29,8 +30,7 @@ def queue_row(*, session: Session, values: dict[str, Any]) -> int:
     """Insert an outbox row from its values (a Core INSERT: every outgoing mail is one, and the
     ORM's unit of work cost more than rendering the mail); returns its id."""
     outbox_id = insert_row(session, OutboxItem, values)
-    if values.get("automatic"):
-        AutomaticCounts.of(session).queued(str(values["recipient"]))
+    _count_queued(session, values)
     return outbox_id
 
 
@@ -39,6 +39,10 @@ def queue_row_later(*, session: Session, values: dict[str, Any], carried_by: dic
     (Message values) that refers to the row, inserted after it with its id as `outbox_id`."""
     dependents = [] if carried_by is None else [Dependent(Message, carried_by, "outbox_id")]
     add_later(session, OutboxItem, values, dependents=dependents, key="message_id")
+    _count_queued(session, values)
+
+
+def _count_queued(session: Session, values: dict[str, Any]) -> None:
     if values.get("automatic"):
         AutomaticCounts.of(session).queued(str(values["recipient"]))
 
@@ -91,7 +95,7 @@ def mark_sent(*, session: Session, item_id: int) -> bool:
     for every mail, and loading the row (with its raw message) cost more than sending it."""
     marked = session.connection().execute(_MARK_SENT, {"item_id": item_id, "now": utcnow()}).rowcount
     if marked:
-        session.connection().execute(_DELIVERY_STATUS, {"item_id": item_id, "status": "sent"})
+        cases.mark_outbound_delivery(session=session, outbox_id=item_id, status="sent")
     return bool(marked)
 
 
@@ -106,9 +110,6 @@ _MARK_SENT = (
         claimed_by=None,
         claimed_until=None,
     )
-)
-_DELIVERY_STATUS = (
-    update(Message).where(col(Message.outbox_id) == bindparam("item_id")).values(delivery_status=bindparam("status"))
 )
 
 

@@ -227,17 +227,15 @@ def add_later(
     key: str | None = None,
 ) -> None:
     """Insert a row at the end of the batch when the session has `LaterRows`, else now. A row with
-    `dependents` names its unique `key` column (see LaterRows.flush)."""
+    `dependents` names its unique `key` column (see LaterRows.flush) and needs `LaterRows`: a
+    caller without it inserts the row itself, where it can learn the id."""
     later = LaterRows.of(session)
     if later is not None:
         later.add(_LaterRow(model, values, tuple(dependents), key))
-        return
-    if not dependents:
+    elif dependents:
+        raise TypeError(f"{model.__name__} rows with dependents are written later only within LaterRows")
+    else:
         insert_rows(session, model, [values])
-        return
-    row_id = insert_row(session, model, values)
-    for dependent in dependents:
-        insert_rows(session, dependent.model, [{**dependent.values, dependent.column: row_id}])
 
 
 @event.listens_for(OrmSession, "do_orm_execute")

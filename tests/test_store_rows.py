@@ -138,6 +138,19 @@ def test_later_rows_nobody_flushed_go_in_at_commit(engine: Engine) -> None:
         assert session.exec(select(Participant.email)).all() == ["a@example.pl"]
 
 
+def test_a_row_with_dependents_is_refused_outside_later_rows(engine: Engine) -> None:
+    # Without LaterRows nobody would match the parent's id to its dependents: the caller that
+    # needs the id inserts the row itself (store.rows.insert_row).
+    with db.transaction(engine) as session:
+        case_id = _case(session).id
+        assert case_id is not None
+        name = "alone@example.test"
+        dependent = Dependent(Message, _message_values(case_id, name), "outbox_id")
+        with pytest.raises(TypeError):
+            add_later(session, OutboxItem, _outbox_values(case_id, name), dependents=[dependent], key="message_id")
+        assert _count(session, OutboxItem) == 0
+
+
 def test_insert_object_is_persistent_without_loading_it_back(engine: Engine) -> None:
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))

@@ -27,6 +27,7 @@ from gateway.settings import Settings
 from store import cases, outbox
 from store.blobs import BlobStore, make_blob_store
 from store.models import Case, Message, utcnow
+from store.rows import LaterRows
 
 MAX_REFERENCES = 20  # keep References from growing without bound in long threads
 
@@ -125,7 +126,10 @@ class Replies:
 
     def queue_later(self, *, session: Session, case: Case, mail: Outgoing) -> bool:
         """`queue`, for a caller that needs no id: with `store.rows.LaterRows` in the session, the
-        rows go in with the rest of the batch's. Returns whether the mail was queued."""
+        rows go in with the rest of the batch's (without it, at once). Returns whether the mail
+        was queued."""
+        if LaterRows.of(session) is None:
+            return self.queue(session=session, case=case, mail=mail) is not None
         rows = self._rows(session=session, case=case, mail=mail)
         if rows is None:
             return False
