@@ -23,7 +23,7 @@ from store.models import (
     Participant,
     SecurityEvent,
 )
-from store.rows import LaterRows, insert_row, insert_rows, values_of
+from store.rows import LaterRows, add_later, insert_row, values_of
 
 
 def next_case_number(*, session: Session, year: int) -> str:
@@ -53,9 +53,19 @@ _SQLITE_NEXT_NUMBER = (
 
 def _next_in_sequence(session: Session, year: int) -> int:
     name = f"case_number_{int(year)}"
-    if session.execute(text("SELECT to_regclass(:name)"), {"name": name}).scalar() is None:
-        _create_sequence(session.get_bind(), name, year)
-    return int(session.execute(text(f"SELECT nextval('{name}')")).scalar_one())
+    connection = session.connection()
+    # Asked once per pooled connection and year, not for every case (a round trip each time). The
+    # gateway never drops a sequence; a database restored under running instances needs them
+    # restarted anyway (their pooled connections and cached numbers predate it).
+    known: set[str] = connection.info.setdefault(_KNOWN_SEQUENCES, set())
+    if name not in known:
+        if connection.execute(text("SELECT to_regclass(:name)"), {"name": name}).scalar() is None:
+            _create_sequence(session.get_bind(), name, year)
+        known.add(name)
+    return int(connection.execute(text(f"SELECT nextval('{name}')")).scalar_one())
+
+
+_KNOWN_SEQUENCES = "store.cases.known_sequences"  # key of Connection.info (kept with the DBAPI connection)
 
 
 def _create_sequence(bind: Engine | Connection, name: str, year: int) -> None:
@@ -133,7 +143,8 @@ def add_participants(*, session: Session, case_id: int, emails: Iterable[str], n
     known: set[str] = set()
     if not new_case:
         known = set(session.exec(_KNOWN_PARTICIPANTS, params={"case_id": case_id, "emails": sorted(wanted)}).all())
-    insert_rows(session, Participant, [{"case_id": case_id, "email": email} for email in sorted(wanted - known)])
+    for email in sorted(wanted - known):  # with the batch's other rows (a query of them flushes them first)
+        add_later(session, Participant, {"case_id": case_id, "email": email})
 
 
 def add_message(*, session: Session, case: Case, values: dict[str, Any]) -> int:

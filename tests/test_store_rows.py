@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, event, func
 from sqlmodel import Session, SQLModel, select
 
-from store import db
+from store import cases, db
 from store.models import Case, Message, OutboxItem, Participant, utcnow
 from store.rows import Dependent, LaterRows, add_later, insert_object, insert_row, insert_rows
 
@@ -136,6 +136,40 @@ def test_later_rows_nobody_flushed_go_in_at_commit(engine: Engine) -> None:
         assert _count(session, Participant) == 0
     with db.reading(engine) as session:
         assert session.exec(select(Participant.email)).all() == ["a@example.pl"]
+
+
+def test_participants_waiting_in_later_rows_are_seen_by_the_participant_queries(engine: Engine) -> None:
+    # A case's participants go in with the batch's other rows; an entry later in the same batch
+    # that asks whether an address takes part (a reply from a Cc'd colleague), or adds the same
+    # address again, must see them (or it would refuse the reply, or break the unique key).
+    with db.transaction(engine) as session:
+        case_id = _case(session).id
+        assert case_id is not None
+        LaterRows.begin(session)
+        cases.add_participants(session=session, case_id=case_id, emails=["a@example.pl"], new_case=True)
+        assert _count(session, Participant) == 0
+        assert cases.is_participant(session=session, case_id=case_id, email="a@example.pl")
+        cases.add_participants(session=session, case_id=case_id, emails=["a@example.pl", "b@example.pl"])
+    with db.reading(engine) as session:
+        assert sorted(session.exec(select(Participant.email)).all()) == ["a@example.pl", "b@example.pl"]
+
+
+def test_case_numbers_ask_for_the_years_sequence_once_per_connection(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite numbers cases with a counter row, not a sequence")
+    asked_on: list[int] = []  # the DBAPI connection of each existence check
+
+    def record(connection: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if "to_regclass" in statement:
+            asked_on.append(id(connection.connection.dbapi_connection))
+
+    event.listen(engine, "before_cursor_execute", record)
+    numbers = []
+    for _ in range(3):  # the pool hands out its connections in turn
+        with db.transaction(engine) as session:
+            numbers += [cases.next_case_number(session=session, year=2031) for _ in range(3)]
+    assert numbers == [f"2031-{n:06d}" for n in range(1, 10)]
+    assert asked_on and len(asked_on) == len(set(asked_on)), asked_on
 
 
 def test_a_row_with_dependents_is_refused_outside_later_rows(engine: Engine) -> None:
