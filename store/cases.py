@@ -196,11 +196,14 @@ def count_cases(*, session: Session) -> int:
     return session.exec(select(func.count()).select_from(Case)).one()
 
 
-def mark_outbound_delivery(*, session: Session, outbox_id: int, status: str) -> None:
-    session.connection().execute(_DELIVERY_STATUS, {"row_id": outbox_id, "new_status": status})
+def mark_outbound_delivery(*, session: Session, outbox_ids: Sequence[int], status: str) -> None:
+    """The delivery status of the case messages that carry outbox rows `outbox_ids`."""
+    session.connection().execute(_DELIVERY_STATUS, {"row_ids": list(outbox_ids), "new_status": status})
 
 
 # Built once (see _SQLITE_NEXT_NUMBER): the outbox worker sets it for every mail it sends.
 _DELIVERY_STATUS = (
-    update(Message).where(col(Message.outbox_id) == bindparam("row_id")).values(delivery_status=bindparam("new_status"))
+    update(Message)
+    .where(col(Message.outbox_id).in_(bindparam("row_ids", expanding=True)))
+    .values(delivery_status=bindparam("new_status"))
 )

@@ -89,20 +89,25 @@ def get_item(*, session: Session, item_id: int) -> OutboxItem | None:
     return session.get(OutboxItem, item_id)
 
 
-def mark_sent(*, session: Session, item_id: int) -> bool:
-    """Record that the relay accepted row `item_id` (and its case message's delivery status);
-    False when it was recorded already. Two UPDATEs and no SELECT: the outbox worker does this
-    for every mail, and loading the row (with its raw message) cost more than sending it."""
-    marked = session.connection().execute(_MARK_SENT, {"item_id": item_id, "now": utcnow()}).rowcount
+def mark_sent(*, session: Session, item_ids: Sequence[int]) -> int:
+    """Record that the relay accepted rows `item_ids` (and their case messages' delivery status);
+    returns how many were not recorded already. Two UPDATEs for them all and no SELECT: loading a
+    row (with its raw message) cost more than sending it, and the outbox worker records the mails
+    a pass sends together (gateway.outbound.worker._SentMarks)."""
+    if not item_ids:
+        return 0
+    parameters = {"item_ids": sorted(set(item_ids)), "now": utcnow()}
+    returned = session.connection().execute(_MARK_SENT, parameters).scalars()
+    marked = [row_id for row_id in returned if row_id is not None]  # ids: never None
     if marked:
-        cases.mark_outbound_delivery(session=session, outbox_id=item_id, status="sent")
-    return bool(marked)
+        cases.mark_outbound_delivery(session=session, outbox_ids=marked, status="sent")
+    return len(marked)
 
 
 # Built once (see store.cases._SQLITE_NEXT_NUMBER).
 _MARK_SENT = (
     update(OutboxItem)
-    .where(col(OutboxItem.id) == bindparam("item_id"), col(OutboxItem.status) != "sent")
+    .where(col(OutboxItem.id).in_(bindparam("item_ids", expanding=True)), col(OutboxItem.status) != "sent")
     .values(
         status="sent",
         sent_at=bindparam("now"),
@@ -110,6 +115,7 @@ _MARK_SENT = (
         claimed_by=None,
         claimed_until=None,
     )
+    .returning(col(OutboxItem.id))
 )
 
 

@@ -91,10 +91,14 @@ class OutboxWorker:
         """
         items = await asyncio.to_thread(self._claim)
         lanes = max(1, min(self._settings.relay_max_connections, len(items)))
-        await asyncio.gather(*(self._lane(items[number::lanes]) for number in range(lanes)))
+        sent = _SentMarks(self._engine)
+        try:
+            await asyncio.gather(*(self._lane(items[number::lanes], sent) for number in range(lanes)))
+        finally:
+            await sent.drain()  # what the relay accepted is recorded before the pass ends, cancelled or not
         return len(items)
 
-    async def _lane(self, items: list[OutboxItem]) -> None:
+    async def _lane(self, items: list[OutboxItem], sent: _SentMarks) -> None:
         async with self._relay.session() as connection:
             for position, item in enumerate(items):
                 if position and not self._lease_covers_an_attempt(item):
@@ -102,7 +106,8 @@ class OutboxWorker:
                     # its lease and let another instance send it too. Hand it back unattempted.
                     await asyncio.to_thread(self._release, item.id or 0)
                     continue
-                await self._attempt(item, connection)
+                await sent.room()
+                await self._attempt(item, connection, sent)
 
     def _wire_bytes(self, item: OutboxItem) -> bytes:
         """The row's bytes with the attachments it refers to put in (the row holds no copy)."""
@@ -125,16 +130,15 @@ class OutboxWorker:
         with transaction(self._engine) as session:
             outbox.release(session=session, item_id=item_id, instance=self._settings.instance_name)
 
-    async def _attempt(self, item: OutboxItem, connection: RelaySession | None = None) -> None:
-        """One delivery attempt of `item`, on `connection` or (without one) on a connection of its own."""
-        sender = connection or self._relay
+    async def _attempt(self, item: OutboxItem, connection: RelaySession, sent: _SentMarks) -> None:
+        """One delivery attempt of `item` on `connection`; if the relay accepts it, `sent` records it."""
         try:
             raw = await asyncio.to_thread(self._wire_bytes, item)
         except MissingAttachment as error:
             await asyncio.to_thread(self._record_failed, item.id or 0, str(error))
             return
         try:
-            await sender.send(raw=raw, mail_from=item.mail_from, recipient=item.recipient, key=f"outbox-{item.id}")
+            await connection.send(raw=raw, mail_from=item.mail_from, recipient=item.recipient, key=f"outbox-{item.id}")
         except TemporaryFailure as error:
             await asyncio.to_thread(self._record_temporary, item.id or 0, str(error))
         except PermanentFailure as error:
@@ -143,14 +147,7 @@ class OutboxWorker:
             log.exception("outbox: relay error for row %s", item.id)
             await asyncio.to_thread(self._record_temporary, item.id or 0, f"{type(error).__name__}: {error}")
         else:
-            await asyncio.to_thread(self._record_sent, item.id or 0)
-
-    def _record_sent(self, item_id: int) -> None:
-        # Accepted by the relay: true even if another instance reclaimed the row meanwhile.
-        with transaction(self._engine) as session:
-            marked = outbox.mark_sent(session=session, item_id=item_id)
-        if marked:
-            OUTBOX.labels(result="sent").inc()
+            sent.add(item.id or 0)
 
     def _ours(self, item: OutboxItem | None) -> bool:
         """Whether this instance still holds the row. A failed attempt must not overwrite what
@@ -193,6 +190,66 @@ class OutboxWorker:
         mark_failed(session=session, item=item, error=error, settings=self._settings, replies=self._replies)
 
 
+class _SentMarks:
+    """Rows the relay accepted, recorded as sent in groups: each transaction takes every row
+    accepted while the one before it ran (a group commit, as the journal's). One transaction per
+    mail (a pool checkout with its ping, two UPDATEs and a commit) cost more than handing the mail
+    to the relay. A crash between acceptance and commit has the mail sent again after its lease,
+    as before; so that an outage cannot widen that to a whole pass, lanes stop once recording
+    fails and wait while MAX_UNRECORDED accepted mails are not recorded yet."""
+
+    MAX_UNRECORDED = 8
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._waiting: list[int] = []
+        self._in_flight = 0  # the rows of the transaction running now
+        self._recording: asyncio.Task[None] | None = None
+        self._group_done = asyncio.Event()
+
+    def add(self, item_id: int) -> None:
+        self._waiting.append(item_id)
+        if self._recording is None or self._recording.done():
+            self._recording = asyncio.create_task(self._record_waiting())
+
+    async def room(self) -> None:
+        """Before a lane's next attempt: raises what recording raised (the database is gone: the
+        lane stops sending what it could not record), waits while too much is unrecorded."""
+        while True:
+            recording = self._recording
+            if recording is not None and recording.done():
+                recording.result()  # raises what it raised
+            if recording is None or len(self._waiting) + self._in_flight < self.MAX_UNRECORDED:
+                return
+            await self._group_done.wait()
+
+    async def drain(self) -> None:
+        """Until everything added is recorded; raises what recording raised (a database outage:
+        the rows stay claimed and are sent again once their lease ends)."""
+        while self._recording is not None:
+            recording = self._recording
+            await asyncio.shield(recording)  # a cancelled pass still records what was accepted
+            if recording is self._recording and recording.done():
+                self._recording = None
+
+    async def _record_waiting(self) -> None:
+        while self._waiting:
+            item_ids, self._waiting = self._waiting, []
+            self._in_flight = len(item_ids)
+            done, self._group_done = self._group_done, asyncio.Event()
+            try:
+                await asyncio.to_thread(self._record, item_ids)
+            finally:
+                self._in_flight = 0
+                done.set()
+
+    def _record(self, item_ids: list[int]) -> None:
+        # Accepted by the relay: true even if another instance reclaimed a row meanwhile.
+        with transaction(self._engine) as session:
+            marked = outbox.mark_sent(session=session, item_ids=item_ids)
+        OUTBOX.labels(result="sent").inc(marked)
+
+
 def mark_failed(*, session: Session, item: OutboxItem, error: str, settings: Settings, replies: Replies) -> None:
     """Record a permanent failure of `item` (5xx, given up, or bounced later) and tell the staff queue.
 
@@ -205,7 +262,7 @@ def mark_failed(*, session: Session, item: OutboxItem, error: str, settings: Set
     item.status, item.last_error = "failed", error[:2000]
     item.claimed_by = item.claimed_until = None
     session.add(item)
-    cases.mark_outbound_delivery(session=session, outbox_id=item.id or 0, status="failed")
+    cases.mark_outbound_delivery(session=session, outbox_ids=[item.id or 0], status="failed")
     log.warning("outbox: row %s to %s failed: %s", item.id, item.recipient, error)
     staff_queue = settings.staff_queue_address.lower()
     case = cases.get_case(session=session, case_id=item.case_id) if item.case_id else None
