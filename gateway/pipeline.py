@@ -317,7 +317,11 @@ class Pipeline:
         self, session: Session, work: Inbound, batch: _BatchLookups, later: LaterRows
     ) -> ProcessedEntry:
         with session.begin_nested():  # this entry alone is undone if it fails
-            done = self._finish(session, work, batch)
+            try:
+                done = self._finish(session, work, batch)
+            except BaseException:
+                later.discard()  # its rows waiting to go in (participants, say) go back with it
+                raise
             later.flush(session)  # inside the savepoint: its rows fail with it
             return done
 

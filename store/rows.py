@@ -183,6 +183,11 @@ class LaterRows:
         self._tables.add(row.model)
         self._tables.update(dependent.model for dependent in row.dependents)
 
+    def discard(self) -> None:
+        """Forget the rows waiting: the work that added them was rolled back (a savepoint)."""
+        self._rows = []
+        self._tables.clear()
+
     def waiting_for(self, models: set[type[Any]]) -> bool:
         return not self._tables.isdisjoint(models)
 
