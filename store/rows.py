@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic_core import PydanticUndefined
 from sqlalchemy import Insert, event, insert
-from sqlalchemy.orm import ORMExecuteState, make_transient_to_detached
+from sqlalchemy.orm import ORMExecuteState, SessionTransaction, make_transient_to_detached
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, SQLModel
 
@@ -115,7 +115,45 @@ def insert_object(session: Session, model: type[_Model], values: dict[str, Any])
     instance = model(**row, id=row_id)
     make_transient_to_detached(instance)
     session.add(instance)
+    started_in = session.get_nested_transaction() or session.get_transaction()
+    session.info.setdefault(_INSERTED_KEY, []).append((started_in, instance))
     return instance
+
+
+_INSERTED_KEY = "store.rows.inserted"  # of Session.info: (transaction, object) from insert_object
+
+
+@event.listens_for(OrmSession, "after_soft_rollback")
+def _forget_rolled_back_objects(session: OrmSession, previous_transaction: SessionTransaction) -> None:
+    """The objects `insert_object` made in a transaction (or savepoint) that was rolled back leave
+    the session with their rows, as the ORM's own inserts do. Otherwise a rolled-back entry's case
+    stayed in the identity map, and on SQLite, which hands the id out again, the next entry's case
+    could not be added (SQLAlchemy 2.0: "another instance with key ... is already present")."""
+    inserted = session.info.get(_INSERTED_KEY)
+    if not inserted:
+        return
+    kept = []
+    for started_in, instance in inserted:
+        if _within(started_in, previous_transaction):
+            if instance in session:
+                session.expunge(instance)
+        else:
+            kept.append((started_in, instance))
+    session.info[_INSERTED_KEY] = kept
+
+
+@event.listens_for(OrmSession, "after_transaction_end")
+def _forget_inserted_at_the_end(session: OrmSession, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost: nothing left to roll back
+        session.info.pop(_INSERTED_KEY, None)
+
+
+def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
 
 
 def insert_rows(session: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]]) -> None:

@@ -6,7 +6,8 @@ of `process_batch`, on SQLite and (GATEWAY_TEST_BACKEND=postgresql) PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from gateway.intake import Intake
 from gateway.outbound.replies import Outgoing, Replies
 from gateway.settings import Settings
 from store.db import reading, transaction
-from store.models import Case, JournalEntry, Message, OutboxItem
+from store.models import Account, Case, Contact, JournalEntry, Message, OutboxItem, Participant
 from store.states import Outcome
 from tests.helpers import BACKEND, SUPPORT, authenticated, make_mail
 
@@ -157,3 +158,41 @@ async def test_a_row_written_at_the_end_of_the_batch_that_fails_stays_with_its_e
     carried = {m.outbox_id: m for m in messages if m.direction == "outbound"}
     assert sorted(carried) == sorted(o.id for o in acks)
     assert all(carried[o.id].case_id == o.case_id and carried[o.id].message_id == o.message_id for o in acks)
+
+
+async def test_an_entry_failing_after_its_participants_were_added_takes_them_with_it(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+):
+    """Participants of a new case wait with the batch's other rows (store.rows.LaterRows). An entry
+    that fails after adding them (here: its account speaks English, and the operator's English
+    acknowledgement template has a mistake in it) must take them back with its savepoint, or they
+    would name a case that no longer exists and fail the whole batch at its end."""
+    for name in ("ack.j2", "ack_unverified.j2"):
+        broken = tmp_path / "templates" / "en" / name
+        broken.parent.mkdir(parents=True, exist_ok=True)
+        broken.write_text("{% block subject %}{{ no_such_variable }}{% endblock %}", encoding="utf-8")
+    components = Components.build(settings_factory(template_dir=tmp_path / "templates"))
+    try:
+        senders = [f"klient{n}@klient.example" for n in range(5)]
+        english = senders[2]
+        with transaction(components.engine) as session:
+            session.add(Account(id="acct-en", name="Example Ltd", language="en"))
+            session.flush()
+            session.add(Contact(account_id="acct-en", kind="representative", email=english))
+        mails = [
+            (authenticated(make_mail(sender=s, subject=f"Sprawa {n}")).as_bytes(), _envelope(s))
+            for n, s in enumerate(senders)
+        ]
+        ids = await _journal(components, mails)
+
+        outcomes = components.pipeline.process_batch(ids)
+
+        assert outcomes == {i: Outcome.QUARANTINED if i == ids[2] else Outcome.DONE for i in ids}
+        cases, _, outbox = _rows(components)
+        assert [c.requester for c in cases] == [s for s in senders if s != english]
+        assert sorted(o.recipient for o in outbox if o.kind == "ack") == sorted(s for s in senders if s != english)
+        with reading(components.engine) as session:
+            participants = session.exec(select(Participant.email)).all()
+        assert sorted(participants) == sorted(s for s in senders if s != english)
+    finally:
+        components.dispose()
