@@ -317,11 +317,7 @@ class Pipeline:
         self, session: Session, work: Inbound, batch: _BatchLookups, later: LaterRows
     ) -> ProcessedEntry:
         with session.begin_nested():  # this entry alone is undone if it fails
-            try:
-                done = self._finish(session, work, batch)
-            except BaseException:
-                later.discard()  # its rows waiting to go in (participants, say) go back with it
-                raise
+            done = self._finish(session, work, batch)  # if it fails, its waiting rows go too (store.rows)
             later.flush(session)  # inside the savepoint: its rows fail with it
             return done
 

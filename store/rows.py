@@ -115,20 +115,28 @@ def insert_object(session: Session, model: type[_Model], values: dict[str, Any])
     instance = model(**row, id=row_id)
     make_transient_to_detached(instance)
     session.add(instance)
-    started_in = session.get_nested_transaction() or session.get_transaction()
-    session.info.setdefault(_INSERTED_KEY, []).append((started_in, instance))
+    session.info.setdefault(_INSERTED_KEY, []).append((_current_transaction(session), instance))
     return instance
 
 
 _INSERTED_KEY = "store.rows.inserted"  # of Session.info: (transaction, object) from insert_object
 
 
+def _current_transaction(session: Session) -> SessionTransaction | None:
+    return session.get_nested_transaction() or session.get_transaction()
+
+
 @event.listens_for(OrmSession, "after_soft_rollback")
-def _forget_rolled_back_objects(session: OrmSession, previous_transaction: SessionTransaction) -> None:
-    """The objects `insert_object` made in a transaction (or savepoint) that was rolled back leave
-    the session with their rows, as the ORM's own inserts do. Otherwise a rolled-back entry's case
-    stayed in the identity map, and on SQLite, which hands the id out again, the next entry's case
-    could not be added (SQLAlchemy 2.0: "another instance with key ... is already present")."""
+def _forget_rolled_back_work(session: OrmSession, previous_transaction: SessionTransaction) -> None:
+    """What this module did in a transaction (or savepoint) that was rolled back goes with it, as
+    the ORM's own pending objects do: rows still waiting in LaterRows (else a quarantined entry's
+    participants would name a case that no longer exists), and the objects `insert_object` made
+    leave the session (else a rolled-back entry's case stayed in the identity map and, on SQLite,
+    which hands its id out again, the next case could not be added: SQLAlchemy 2.0's "another
+    instance with key ... is already present")."""
+    later = LaterRows.of(session)  # type: ignore[arg-type]
+    if later is not None:
+        later.forget_within(previous_transaction)
     inserted = session.info.get(_INSERTED_KEY)
     if not inserted:
         return
@@ -184,6 +192,7 @@ class _LaterRow:
     values: dict[str, Any]
     dependents: tuple[Dependent, ...]
     key: str | None  # a unique column of the row, to tell which id the database gave it
+    added_in: SessionTransaction | None  # rolled back with it (see _forget_rolled_back_work)
 
 
 class LaterRows:
@@ -221,10 +230,10 @@ class LaterRows:
         self._tables.add(row.model)
         self._tables.update(dependent.model for dependent in row.dependents)
 
-    def discard(self) -> None:
-        """Forget the rows waiting: the work that added them was rolled back (a savepoint)."""
-        self._rows = []
-        self._tables.clear()
+    def forget_within(self, transaction: SessionTransaction) -> None:
+        """Drop the rows added in `transaction` (or a savepoint of it): it was rolled back."""
+        self._rows = [row for row in self._rows if not _within(row.added_in, transaction)]
+        self._tables = {model for row in self._rows for model in (row.model, *(d.model for d in row.dependents))}
 
     def waiting_for(self, models: set[type[Any]]) -> bool:
         return not self._tables.isdisjoint(models)
@@ -274,7 +283,7 @@ def add_later(
     caller without it inserts the row itself, where it can learn the id."""
     later = LaterRows.of(session)
     if later is not None:
-        later.add(_LaterRow(model, values, tuple(dependents), key))
+        later.add(_LaterRow(model, values, tuple(dependents), key, _current_transaction(session)))
     elif dependents:
         raise TypeError(f"{model.__name__} rows with dependents are written later only within LaterRows")
     else:
