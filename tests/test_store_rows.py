@@ -154,9 +154,8 @@ def test_participants_waiting_in_later_rows_are_seen_by_the_participant_queries(
         assert sorted(session.exec(select(Participant.email)).all()) == ["a@example.pl", "b@example.pl"]
 
 
+@pytest.mark.postgresql_only  # SQLite numbers cases with a counter row, not a sequence
 def test_case_numbers_ask_for_the_years_sequence_once_per_connection(engine: Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite numbers cases with a counter row, not a sequence")
     asked_on: list[int] = []  # the DBAPI connection of each existence check
 
     def record(connection: Any, cursor: Any, statement: str, *rest: Any) -> None:
