@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 READ_ONLY_OPTION = "gateway_read_only"
+# How long a SQLite statement waits for another connection's lock before it fails: a journal write
+# that gives up answers the SMTP client 451, so this is how long an outage is waited out first.
+SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -37,7 +40,13 @@ def make_engine(database_url: str) -> Engine:
 
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=8, max_overflow=8)
+    engine = create_engine(
+        url,
+        # The driver's timeout is SQLite's busy timeout (sqlite3_busy_timeout).
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+        pool_size=8,
+        max_overflow=8,
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -47,7 +56,6 @@ def make_engine(database_url: str) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=60000")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from gateway.app import Gateway
 from gateway.settings import Settings, load_settings
+from store import db
 from tests.helpers import (
     BACKEND,
     PG_SERVER_URL,
@@ -88,17 +89,59 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if BACKEND != "postgresql":
         kept = [item for item in items if item.get_closest_marker("postgresql_only") is None]
     else:
-        kept = [item for item in items if "database_url" in getattr(item, "fixturenames", ())]
+        kept = [
+            item for item in items if {"database_url", "empty_database_url"} & set(getattr(item, "fixturenames", ()))
+        ]
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
     items[:] = kept
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
+def _migrate(url: str) -> None:
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database at the head revision, made once per run: each test's database starts as a copy of
+    it (a file copy on SQLite, CREATE DATABASE ... TEMPLATE on PostgreSQL), instead of running the
+    migrations again, which took about half a second per test on PostgreSQL. Yields the SQLite file's
+    path or the PostgreSQL database's name."""
     if BACKEND != "postgresql":
-        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+        path = tmp_path_factory.mktemp("template") / "gateway.db"
+        _migrate(f"sqlite:///{path}")
+        # The last connection's close checkpoints the write-ahead log into the file and removes it:
+        # the file alone is the whole database.
+        assert not path.with_name(path.name + "-wal").exists()
+        yield str(path)
         return
-    with throwaway_pg_database("gw_test") as url:
+    with throwaway_pg_database("gw_template") as url:
+        _migrate(url)
+        yield make_url(url).database or ""
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, migrated_template: str) -> Iterator[str]:
+    """This test's own database, at the head revision (as `gateway serve` leaves a new one)."""
+    if BACKEND != "postgresql":
+        copy = tmp_path / "gateway.db"
+        shutil.copyfile(migrated_template, copy)
+        yield f"sqlite:///{copy}"
+        return
+    with throwaway_pg_database("gw_test", template=migrated_template) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_database_url(tmp_path: Path) -> Iterator[str]:
+    """A new database no migration has touched: for the tests of the migrations themselves."""
+    if BACKEND != "postgresql":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    with throwaway_pg_database("gw_empty") as url:
         yield url
 
 

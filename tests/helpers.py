@@ -188,14 +188,16 @@ def _delivery_order(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def throwaway_pg_database(prefix: str = "gw_test") -> Iterator[str]:
-    """A fresh database on the test PostgreSQL server, dropped afterwards. No server is an error,
-    never a skip: `make test` installs and starts PostgreSQL."""
+def throwaway_pg_database(prefix: str = "gw_test", *, template: str | None = None) -> Iterator[str]:
+    """A fresh database on the test PostgreSQL server (empty, or a copy of the database named
+    `template`), dropped afterwards. No server is an error, never a skip: `make test` installs and
+    starts PostgreSQL."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
+            copied_from = f' TEMPLATE "{template}"' if template else ""
+            connection.execute(text(f'CREATE DATABASE "{name}"{copied_from}'))
         yield PG_SERVER_URL.rsplit("/", 1)[0] + f"/{name}"
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

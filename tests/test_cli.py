@@ -155,8 +155,10 @@ def _schema(database_url: str) -> tuple[str | None, set[str]]:
 
 
 def test_db_upgrade_brings_an_empty_database_to_head_and_a_second_run_changes_nothing(
-    tmp_path: Path, env: dict[str, str], database_url: str
+    tmp_path: Path, env: dict[str, str], empty_database_url: str
 ):
+    database_url = empty_database_url
+    env = {**env, "GATEWAY_DATABASE_URL": database_url}
     engine = make_engine(database_url)
     head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
     engine.dispose()

@@ -16,8 +16,8 @@ import store.models  # noqa: F401  # the models register their tables in SQLMode
 from store import db
 
 
-def test_the_migrated_schema_matches_the_models(database_url: str) -> None:
-    engine = db.make_engine(database_url)
+def test_the_migrated_schema_matches_the_models(empty_database_url: str) -> None:
+    engine = db.make_engine(empty_database_url)
     db.upgrade(engine)
     try:
         with engine.connect() as connection:
@@ -30,10 +30,10 @@ def test_the_migrated_schema_matches_the_models(database_url: str) -> None:
         engine.dispose()
 
 
-def test_the_head_revision_the_start_up_checks_is_alembics_head(database_url: str) -> None:
+def test_the_head_revision_the_start_up_checks_is_alembics_head(empty_database_url: str) -> None:
     """store.db.upgrade skips Alembic for a database at HEAD_REVISION: it must be the newest migration,
     or a database one migration behind would start without it."""
-    engine = db.make_engine(database_url)
+    engine = db.make_engine(empty_database_url)
     try:
         assert db.current_revision(engine) is None  # a new database
         head = ScriptDirectory.from_config(db.alembic_config(engine)).get_current_head()
