@@ -34,7 +34,7 @@ def _statuses(env: dict[str, str]) -> Counter[str]:
     engine = journal_engine_for(make_engine(env["GATEWAY_DATABASE_URL"]), Path(env["GATEWAY_DATA_DIR"]))
     try:
         with reading(engine) as session:
-            return Counter(entry.status for entry in session.exec(select(JournalEntry)))
+            return Counter(session.exec(select(JournalEntry.status)))  # not the raw bytes: this is polled
     finally:
         engine.dispose()
 
