@@ -22,8 +22,7 @@ from store.rows import Dependent, LaterRows, add_later, insert_object, insert_ro
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    migrated = db.make_engine(database_url)
-    db.upgrade(migrated)
+    migrated = db.make_engine(database_url)  # database_url is at the head revision already
     yield migrated
     migrated.dispose()
 

@@ -1,6 +1,6 @@
 """The DKIM check looks for a DKIM-Signature field before it hands a message to dkimpy.
 
-dkimpy splits the whole message into lines first (one call holding the GIL: 0.7 s for a 57 MB
+dkimpy splits the whole message into lines first (one call holding the GIL: 0.6 s for a 59 MB
 message, while the SMTP listener's acknowledgements waited), so unsigned mail is answered `none`
 from its header block alone. The scan must never miss a signature dkimpy would verify: every
 message here is compared with dkimpy's own header parser (dkimpy 1.1.8, `rfc822_parse`), the
@@ -60,7 +60,6 @@ def _unsigned_variants() -> dict[str, bytes]:
         "a signature quoted in the body": quoted_in_body,
         "look-alike field names": with_look_alike,
         "the name inside a folded field": folded_mention,
-        "header block after an empty first line": b"\r\nDKIM-Signature: v=1\r\n\r\nbody\r\n",
     }
 
 
@@ -72,12 +71,11 @@ def test_every_signature_dkimpy_reads_is_found(key: DkimKey) -> None:
 
 def test_unsigned_mail_is_not_taken_for_signed() -> None:
     for description, raw in _unsigned_variants().items():
-        if description == "header block after an empty first line":
-            # dkimpy reads no header at all there; the scan may say yes (dkimpy then answers none).
-            assert _dkimpy_signatures(raw) == 0
-            continue
         assert _dkimpy_signatures(raw) == 0, description
         assert not names_a_dkim_signature(raw), description
+    # After an empty first line dkimpy reads no header at all; the scan may say yes (dkimpy then
+    # answers none), so only dkimpy's side is asserted.
+    assert _dkimpy_signatures(b"\r\nDKIM-Signature: v=1\r\n\r\nbody\r\n") == 0
 
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason=f"optional shared corpus not found at {CORPUS}")
