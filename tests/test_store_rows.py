@@ -196,3 +196,17 @@ def test_insert_object_is_persistent_without_loading_it_back(engine: Engine) -> 
     with db.reading(engine) as session:
         stored = session.exec(select(Case).where(Case.number == "2026-000007")).one()
         assert (stored.message_count, stored.requester, stored.language) == (1, "jan@example.pl", "pl")
+
+
+def test_insert_object_builds_what_the_constructor_would(engine: Engine) -> None:
+    # insert_object builds the object as the ORM loads one, not through Case(...): the two must not
+    # differ in anything the pipeline or the panel reads (values, their types, pydantic's view).
+    with db.transaction(engine) as session:
+        inserted = _case(session, "2026-000008")
+        built = Case(**{**inserted.model_dump(), "id": inserted.id})
+        assert inserted.model_dump() == built.model_dump()
+        assert {name: type(value) for name, value in inserted.model_dump().items()} == {
+            name: type(value) for name, value in built.model_dump().items()
+        }
+        assert inserted.model_fields_set == built.model_fields_set
+        assert repr(inserted) == repr(built)
