@@ -193,9 +193,60 @@ def test_each_header_value_is_parsed_once_and_the_cache_stays_bounded() -> None:
     again = parts.POLICY.header_fetch_parse("Content-Type", 'text/plain; charset="utf-8"')
     assert first is again and first.params["charset"] == "utf-8"
     assert parts.POLICY.header_fetch_parse("content-type", 'text/plain; charset="utf-8"').name == "content-type"
-    for index in range(parts._CACHED_HEADERS + 500):
+    for index in range(parts.CACHED_HEADERS + 500):
         parts.POLICY.header_fetch_parse("X-Junk", f"value {index}")
-    assert len(parts._PARSED_HEADERS) <= parts._CACHED_HEADERS
-    long_value = "x" * (parts._CACHED_VALUE_CHARS + 1)
+    assert len(parts._PARSED_HEADERS) <= parts.CACHED_HEADERS
+    long_value = "x" * (parts.CACHED_VALUE_CHARS + 1)
     parts.POLICY.header_fetch_parse("Subject", long_value)
     assert ("Subject", long_value) not in parts._PARSED_HEADERS
+
+
+def test_read_header_builds_each_short_value_once_and_the_cache_stays_bounded() -> None:
+    """gateway.parse.headers keeps the header object of a short value (the same To, MIME-Version
+    and Content-Type arrive in message after message): one parse serves them all, the result is
+    the policy's own, and neither a stream of distinct values nor a long one grows the cache."""
+    from email.policy import default
+
+    from gateway.parse import headers, parts
+
+    defects: list[str] = []
+    first = headers.read_header("To", "Biuro =?utf-8?q?Obs=C5=82ugi?= <bok@example.test>", defects)
+    again = headers.read_header("To", "Biuro =?utf-8?q?Obs=C5=82ugi?= <bok@example.test>", defects)
+    assert first.obj is again.obj and first == again
+    reference = default.header_factory("to", "Biuro =?utf-8?q?Obs=C5=82ugi?= <bok@example.test>")
+    assert str(first.obj) == str(reference) == "Biuro Obsługi <bok@example.test>"
+    assert first.obj.addresses == reference.addresses  # type: ignore[attr-defined]
+    # A value the policy finds defects in reports them on every read, not only the first.
+    for _ in range(2):
+        found: list[str] = []
+        headers.read_header("From", "jan@", found)
+        assert found, "the defects of a cached header are reported again"
+    for index in range(parts.CACHED_HEADERS + 500):
+        headers.read_header("X-Junk", f"value {index}", defects)
+    assert len(headers._HEADER_OBJECTS) <= parts.CACHED_HEADERS
+    long_value = "x" * (parts.CACHED_VALUE_CHARS + 1)
+    headers.read_header("Subject", long_value, defects)
+    assert ("subject", long_value) not in headers._HEADER_OBJECTS
+
+
+def test_the_header_registry_makes_each_class_once_and_builds_what_the_stdlib_does() -> None:
+    """parts.POLICY's header_factory keeps one class per registered header class (the stdlib
+    registry made a new one for every header); headers it builds are the stdlib's in all else."""
+    from email.policy import default
+
+    from gateway.parse import parts
+
+    factory = parts.POLICY.header_factory
+    assert factory["Subject"] is factory["subject"] is factory["SUBJECT"]
+    assert factory["X-Anything"] is factory["X-Else"]  # unknown names: the default class, once
+    assert factory["From"] is not factory["Subject"]
+    for name, value in [
+        ("From", '"Kowalski, Jan" <jan@example.pl>, ewa@example.pl'),
+        ("Date", "Mon, 02 Mar 2026 08:01:00 +0100"),
+        ("Content-Type", 'multipart/mixed; boundary="b1"'),
+        ("Subject", "=?utf-8?b?WmHFvMOzxYLEhw==?= gęślą"),
+        ("Message-ID", "<a@b>"),
+    ]:
+        ours, theirs = factory(name, value), default.header_factory(name, value)
+        assert str(ours) == str(theirs) and type(ours).__mro__[1:] == type(theirs).__mro__[1:]
+        assert [str(d) for d in ours.defects] == [str(d) for d in theirs.defects]

@@ -16,7 +16,16 @@ from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 
 from gateway.parse.charsets import decode_bytes
-from gateway.parse.parts import POLICY, defect_text, guard, raw_items, repair_8bit, unfold
+from gateway.parse.parts import (
+    CACHED_HEADERS,
+    CACHED_VALUE_CHARS,
+    POLICY,
+    defect_text,
+    guard,
+    raw_items,
+    repair_8bit,
+    unfold,
+)
 
 _ANGLE_ID_RE = re.compile(r"<([^<>]*)>")
 _ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
@@ -65,7 +74,7 @@ def read_header(name: str, value: str, defects: list[str], *, structured: bool =
         return Header(name, raw, None, _display(decode_words(raw, f"header {name}", defects)).strip())
     obj: object | None
     try:
-        obj = POLICY.header_factory(name, raw)
+        obj = _header_object(name, raw)
         text = str(obj)
     except Exception as exc:  # e.g. AttributeError 'Group' object has no attribute 'local_part'
         defects.append(f"header {name}: not parseable ({type(exc).__name__}: {exc}); kept as text")
@@ -79,6 +88,27 @@ def read_header(name: str, value: str, defects: list[str], *, structured: bool =
         if "\ufffd" in text and "\ufffd" not in raw and "=?" in raw:
             text = decode_words(raw, f"header {name}", defects)
     return Header(name, raw, obj, _display(text).strip())
+
+
+def _header_object(name: str, raw: str) -> object:
+    """The policy's header object for a value, built once per distinct short value: the same
+    To (the support address), MIME-Version and Content-Type come in message after message, and
+    the structured parse is most of parse_message's time. Header objects are immutable (a str with
+    its parse tree and defects). Bounded as parts.POLICY's cache is: a stranger's mail cannot grow
+    it, and a failed parse is not kept."""
+    if len(raw) > CACHED_VALUE_CHARS:
+        return POLICY.header_factory(name, raw)
+    key = (name, raw)
+    found = _HEADER_OBJECTS.get(key)
+    if found is None:
+        found = POLICY.header_factory(name, raw)
+        if len(_HEADER_OBJECTS) >= CACHED_HEADERS:
+            _HEADER_OBJECTS.clear()
+        _HEADER_OBJECTS[key] = found
+    return found
+
+
+_HEADER_OBJECTS: dict[tuple[str, str], object] = {}
 
 
 def _display(text: str) -> str:
