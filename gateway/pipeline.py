@@ -40,7 +40,7 @@ from store import journal, outbox, processed
 from store.blobs import BlobStore
 from store.db import reading, transaction
 from store.models import JournalEntry, ProcessedEntry, utcnow
-from store.rows import LaterRows
+from store.rows import LaterRows, new_object
 from store.states import Direction, JournalStatus, Outcome, VerdictKind
 from store.text import storable_value
 
@@ -375,13 +375,16 @@ class Pipeline:
     def _handle(self, session: Session, inbound: Inbound, batch_earlier: processed.BatchEarlier) -> ProcessedEntry:
         entry, parsed = inbound.entry, inbound.parsed
         message_id = None if parsed.message_id_synthesised else parsed.message_id
-        finished = ProcessedEntry(
-            journal_id=entry.id or 0,
-            outcome=Outcome.DONE,
-            raw_sha256=entry.raw_sha256,
-            message_id=parsed.message_id,
-            sender=inbound.sender,
-            content_digest=parsed.content_digest,
+        finished = new_object(
+            ProcessedEntry,
+            {
+                "journal_id": entry.id or 0,
+                "outcome": Outcome.DONE,
+                "raw_sha256": entry.raw_sha256,
+                "message_id": parsed.message_id,
+                "sender": inbound.sender,
+                "content_digest": parsed.content_digest,
+            },
         )
         earlier = batch_earlier.find(
             raw_sha256=entry.raw_sha256,

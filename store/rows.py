@@ -126,6 +126,12 @@ def insert_object(session: Session, model: type[_Model], values: dict[str, Any])
     return instance
 
 
+def new_object(model: type[_Model], values: dict[str, Any]) -> _Model:
+    """A transient object of `model`, its defaults filled in, built as insert_object builds one
+    (not through the constructor): for a record the caller fills in and inserts by its values."""
+    return _as_loaded(model, _row(_inserts(model), model, values))
+
+
 def _as_loaded(model: type[_Model], row: dict[str, Any]) -> _Model:
     """An object of `model` holding a complete row, built as the ORM builds one it loads from the
     database: the values straight into its __dict__. `model(**row)` set every field through the

@@ -210,3 +210,15 @@ def test_insert_object_builds_what_the_constructor_would(engine: Engine) -> None
         }
         assert inserted.model_fields_set == built.model_fields_set
         assert repr(inserted) == repr(built)
+
+
+def test_new_object_is_the_constructors_object_with_its_defaults_filled() -> None:
+    from store.models import ProcessedEntry
+    from store.rows import new_object
+
+    values = {"journal_id": 7, "outcome": "done", "raw_sha256": "ab" * 32, "sender": "jan@example.pl"}
+    made, built = new_object(ProcessedEntry, values), ProcessedEntry(**values)
+    assert {**made.model_dump(), "processed_at": None} == {**built.model_dump(), "processed_at": None}
+    assert made.processed_at is not None and made.message_id is None and made.case_id is None
+    made.case_id = 3  # the pipeline fills it in later
+    assert made.case_id == 3 and made.model_dump()["case_id"] == 3
