@@ -193,12 +193,12 @@ def test_each_header_value_is_parsed_once_and_the_cache_stays_bounded() -> None:
     again = parts.POLICY.header_fetch_parse("Content-Type", 'text/plain; charset="utf-8"')
     assert first is again and first.params["charset"] == "utf-8"
     assert parts.POLICY.header_fetch_parse("content-type", 'text/plain; charset="utf-8"').name == "content-type"
-    for index in range(parts.CACHED_HEADERS + 500):
+    for index in range(5000):
         parts.POLICY.header_fetch_parse("X-Junk", f"value {index}")
-    assert len(parts._PARSED_HEADERS) <= parts.CACHED_HEADERS
+    assert 0 < parts.PARSED_HEADERS.chars <= parts.CACHED_TOTAL_CHARS
     long_value = "x" * (parts.CACHED_VALUE_CHARS + 1)
     parts.POLICY.header_fetch_parse("Subject", long_value)
-    assert ("Subject", long_value) not in parts._PARSED_HEADERS
+    assert ("Subject", long_value) not in parts.PARSED_HEADERS
 
 
 def test_read_header_builds_each_short_value_once_and_the_cache_stays_bounded() -> None:
@@ -221,12 +221,45 @@ def test_read_header_builds_each_short_value_once_and_the_cache_stays_bounded() 
         found: list[str] = []
         headers.read_header("From", "jan@", found)
         assert found, "the defects of a cached header are reported again"
-    for index in range(parts.CACHED_HEADERS + 500):
+    for index in range(5000):
         headers.read_header("X-Junk", f"value {index}", defects)
-    assert len(headers._HEADER_OBJECTS) <= parts.CACHED_HEADERS
+    assert 0 < headers.HEADER_OBJECTS.chars <= parts.CACHED_TOTAL_CHARS
     long_value = "x" * (parts.CACHED_VALUE_CHARS + 1)
     headers.read_header("Subject", long_value, defects)
-    assert ("subject", long_value) not in headers._HEADER_OBJECTS
+    assert ("subject", long_value) not in headers.HEADER_OBJECTS
+
+
+def test_the_header_caches_stay_small_whatever_the_headers() -> None:
+    """A parsed header keeps its parse tree (hundreds of bytes per character): a stream of distinct
+    address lists just under the length limit, the worst a sender can do, must not make either
+    cache hold more than a few megabytes. (Bounded by entries, 4 096 such values took 865 MB.)"""
+    import tracemalloc
+
+    from gateway.parse import headers, parts
+
+    def worst(index: int) -> str:
+        addresses = f'"N {index}" <a.{index}@example.pl>'
+        for n in range(100):
+            longer = f'{addresses}, "N {index} {n}" <a{n}.{index}@example{n}.pl>'
+            if len(longer) > parts.CACHED_VALUE_CHARS:
+                return addresses
+            addresses = longer
+        return addresses
+
+    defects: list[str] = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for index in range(2 * parts.CACHED_TOTAL_CHARS // parts.CACHED_VALUE_CHARS):
+            headers.read_header("To", worst(index), defects)
+            parts.POLICY.header_fetch_parse("Cc", worst(index))
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert held < 40 * 1024 * 1024, f"{held / 1024 / 1024:.1f} MB"
+    print(f"header caches: {held / 1024 / 1024:.1f} MB held")
+    assert headers.HEADER_OBJECTS.chars <= parts.CACHED_TOTAL_CHARS
 
 
 def test_the_header_registry_makes_each_class_once_and_builds_what_the_stdlib_does() -> None:

@@ -17,9 +17,10 @@ from email.utils import getaddresses, parsedate_to_datetime
 
 from gateway.parse.charsets import decode_bytes
 from gateway.parse.parts import (
-    CACHED_HEADERS,
+    CACHED_TOTAL_CHARS,
     CACHED_VALUE_CHARS,
     POLICY,
+    HeaderCache,
     defect_text,
     guard,
     raw_items,
@@ -39,6 +40,7 @@ _DOMAIN_RE = re.compile(r"^(?:(?:[^\W_]|[-_])+(?:\.(?:[^\W_]|[-_])+)*|\[[0-9a-f.
 _ANGLE_ADDRESS_RE = re.compile(r"<([^<>@\s]+@[^<>@\s]+)>")
 _STRUCTURED_LIMIT = 8 * 1024  # longest header value given to the policy's (superlinear) parser
 _STRUCTURED_BUDGET = 128 * 1024  # header text per message after which every header takes the fast path
+HEADER_OBJECTS = HeaderCache(max_value_chars=CACHED_VALUE_CHARS, max_total_chars=CACHED_TOTAL_CHARS)
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,9 @@ def read_header(name: str, value: str, defects: list[str], *, structured: bool =
         return Header(name, raw, None, _display(decode_words(raw, f"header {name}", defects)).strip())
     obj: object | None
     try:
-        obj = _header_object(name, raw)
+        # The same To (the support address), MIME-Version and Content-Type come in message after
+        # message, and the structured parse is most of parse_message's time: one parse serves them.
+        obj = HEADER_OBJECTS.get(name, raw, POLICY.header_factory)
         text = str(obj)
     except Exception as exc:  # e.g. AttributeError 'Group' object has no attribute 'local_part'
         defects.append(f"header {name}: not parseable ({type(exc).__name__}: {exc}); kept as text")
@@ -88,27 +92,6 @@ def read_header(name: str, value: str, defects: list[str], *, structured: bool =
         if "\ufffd" in text and "\ufffd" not in raw and "=?" in raw:
             text = decode_words(raw, f"header {name}", defects)
     return Header(name, raw, obj, _display(text).strip())
-
-
-def _header_object(name: str, raw: str) -> object:
-    """The policy's header object for a value, built once per distinct short value: the same
-    To (the support address), MIME-Version and Content-Type come in message after message, and
-    the structured parse is most of parse_message's time. Header objects are immutable (a str with
-    its parse tree and defects). Bounded as parts.POLICY's cache is: a stranger's mail cannot grow
-    it, and a failed parse is not kept."""
-    if len(raw) > CACHED_VALUE_CHARS:
-        return POLICY.header_factory(name, raw)
-    key = (name, raw)
-    found = _HEADER_OBJECTS.get(key)
-    if found is None:
-        found = POLICY.header_factory(name, raw)
-        if len(_HEADER_OBJECTS) >= CACHED_HEADERS:
-            _HEADER_OBJECTS.clear()
-        _HEADER_OBJECTS[key] = found
-    return found
-
-
-_HEADER_OBJECTS: dict[tuple[str, str], object] = {}
 
 
 def _display(text: str) -> str:

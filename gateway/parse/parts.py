@@ -16,29 +16,56 @@ from urllib.parse import unquote, urlsplit
 from gateway.parse.charsets import guess
 
 
+class HeaderCache:
+    """Parsed header objects by (name, value), for values that come back message after message.
+
+    A header object is immutable (a str with its parse result), so one parse can serve every read.
+    It also keeps its parse tree, about 400 bytes per character of the value (4 096 address lists
+    of 512 characters took 865 MB), so the bound is on the characters cached, not on the entries:
+    short values only, and when the total would pass `max_total_chars` the cache starts afresh.
+    A stranger's mail can make it useless, never large; a parse that raises is not kept.
+    """
+
+    def __init__(self, *, max_value_chars: int, max_total_chars: int) -> None:
+        self.max_value_chars = max_value_chars
+        self.max_total_chars = max_total_chars
+        self._objects: dict[tuple[str, str], Any] = {}
+        self.chars = 0  # of the values cached now
+
+    def get(self, name: str, value: str, make: Callable[[str, str], Any]) -> Any:
+        if len(value) > self.max_value_chars:
+            return make(name, value)
+        key = (name, value)
+        found = self._objects.get(key)
+        if found is None:
+            found = make(name, value)
+            if self.chars + len(value) > self.max_total_chars:
+                self._objects.clear()
+                self.chars = 0
+            self._objects[key] = found
+            self.chars += len(value)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._objects
+
+
 class _OnceParsingPolicy(email_policy.EmailPolicy):
     """email.policy.default, parsing each distinct header value once.
 
     The email package (3.11) builds a new header object every time a header is read: a part's
     Content-Type is read half a dozen times while the tree is walked (maintype, params, charset,
-    filename...), and those parses were two thirds of parse_message's time. A header object is
-    immutable (a str with its parse result), so one parse serves every read, in this message and
-    the next ones (every message has a `text/plain; charset=utf-8`). Short values only, and a
-    bounded number of them: a long value is rarely seen twice, and a stranger's mail must not be
-    able to grow the cache.
+    filename...), and those parses were two thirds of parse_message's time. One parse serves every
+    read, in this message and the next ones (every message has a `text/plain; charset=utf-8`).
     """
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
-        if len(value) > CACHED_VALUE_CHARS or not isinstance(value, str) or hasattr(value, "name"):
+        if not isinstance(value, str) or hasattr(value, "name"):
             return super().header_fetch_parse(name, value)
-        key = (name, value)
-        parsed = _PARSED_HEADERS.get(key)
-        if parsed is None:
-            parsed = super().header_fetch_parse(name, value)
-            if len(_PARSED_HEADERS) >= CACHED_HEADERS:
-                _PARSED_HEADERS.clear()
-            _PARSED_HEADERS[key] = parsed
-        return parsed
+        return PARSED_HEADERS.get(name, value, super().header_fetch_parse)
 
 
 class _ClassKeepingHeaderRegistry(headerregistry.HeaderRegistry):
@@ -63,9 +90,11 @@ class _ClassKeepingHeaderRegistry(headerregistry.HeaderRegistry):
         return made
 
 
-CACHED_VALUE_CHARS = 512
-CACHED_HEADERS = 4096
-_PARSED_HEADERS: dict[tuple[str, str], Any] = {}
+# Per cache, at most 32 768 characters of values (about 13 MB of parse trees at worst), each at most
+# 256 characters: a To with the support address, a Content-Type with its charset fit many times over.
+CACHED_VALUE_CHARS = 256
+CACHED_TOTAL_CHARS = 32 * 1024
+PARSED_HEADERS = HeaderCache(max_value_chars=CACHED_VALUE_CHARS, max_total_chars=CACHED_TOTAL_CHARS)
 POLICY = _OnceParsingPolicy(header_factory=_ClassKeepingHeaderRegistry())
 _T = TypeVar("_T")
 
