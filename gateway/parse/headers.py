@@ -17,10 +17,8 @@ from email.utils import getaddresses, parsedate_to_datetime
 
 from gateway.parse.charsets import decode_bytes
 from gateway.parse.parts import (
-    CACHED_TOTAL_CHARS,
-    CACHED_VALUE_CHARS,
+    HEADER_OBJECTS,
     POLICY,
-    HeaderCache,
     defect_text,
     guard,
     raw_items,
@@ -40,7 +38,6 @@ _DOMAIN_RE = re.compile(r"^(?:(?:[^\W_]|[-_])+(?:\.(?:[^\W_]|[-_])+)*|\[[0-9a-f.
 _ANGLE_ADDRESS_RE = re.compile(r"<([^<>@\s]+@[^<>@\s]+)>")
 _STRUCTURED_LIMIT = 8 * 1024  # longest header value given to the policy's (superlinear) parser
 _STRUCTURED_BUDGET = 128 * 1024  # header text per message after which every header takes the fast path
-HEADER_OBJECTS = HeaderCache(max_value_chars=CACHED_VALUE_CHARS, max_total_chars=CACHED_TOTAL_CHARS)
 
 
 @dataclass(frozen=True)

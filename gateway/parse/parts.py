@@ -46,9 +46,6 @@ class HeaderCache:
             self.chars += len(value)
         return found
 
-    def __len__(self) -> int:
-        return len(self._objects)
-
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._objects
 
@@ -94,7 +91,10 @@ class _ClassKeepingHeaderRegistry(headerregistry.HeaderRegistry):
 # 256 characters: a To with the support address, a Content-Type with its charset fit many times over.
 CACHED_VALUE_CHARS = 256
 CACHED_TOTAL_CHARS = 32 * 1024
+# The policy's reads (header_fetch_parse), and headers.read_header's objects (the policy's header
+# factory on an unfolded value): two caches, as the same key can stand for differently folded values.
 PARSED_HEADERS = HeaderCache(max_value_chars=CACHED_VALUE_CHARS, max_total_chars=CACHED_TOTAL_CHARS)
+HEADER_OBJECTS = HeaderCache(max_value_chars=CACHED_VALUE_CHARS, max_total_chars=CACHED_TOTAL_CHARS)
 POLICY = _OnceParsingPolicy(header_factory=_ClassKeepingHeaderRegistry())
 _T = TypeVar("_T")
 
